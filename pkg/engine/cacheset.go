@@ -1,0 +1,276 @@
+// Package engine is the csi-cache cache engine: one cache set per node, a
+// bcache-style btree of extents over buckets of a cache device, a write-ahead
+// journal, a bounded btree node cache with a reaper, and a bucket allocator.
+//
+// The on-disk formats are documented in the sub-packages that encode them:
+// ondisk (device layout, superblock, volume table, bucket generations, btree node
+// logs) and journal (jsets).
+//
+// # Lock order
+//
+// Take locks in this order; never the reverse:
+//
+//	CacheSet.treeMu             tree shape: shared for lookups and inserts,
+//	                            exclusive for splits, compactions and root changes
+//	node.lock                   parents before children; the reaper only TryLocks
+//	nodeCache.mu                the cache lock (lists, hash, journalFlush selection)
+//	node.writeMu                a node's write state and journalFlush flag
+//	Allocator.mu, Journal.mu    leaves (their packages take no engine lock)
+//
+// Two rules keep the journal from deadlocking when it is full: nobody waits for
+// journal space (Add, or a Commit that opens an entry) while holding a node lock or
+// treeMu, and flushWrite — which the journal calls to make space — takes only the
+// cache lock and writeMu, never node.lock or treeMu.
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/csi-cache/csi-cache/pkg/engine/alloc"
+	"github.com/csi-cache/csi-cache/pkg/engine/bkey"
+	"github.com/csi-cache/csi-cache/pkg/engine/device"
+	"github.com/csi-cache/csi-cache/pkg/engine/journal"
+	"github.com/csi-cache/csi-cache/pkg/engine/ondisk"
+)
+
+// Errors of the engine.
+var (
+	ErrClosed = errors.New("engine: cache set closed")
+	// ErrCorrupt is the class of corruption errors: IsCorruption(err) is true for
+	// anything that wraps it (decoders return *ondisk.CorruptionError).
+	ErrCorrupt = ondisk.ErrCorrupt
+)
+
+// IsCorruption reports whether err is (or wraps) a corruption of on-disk metadata.
+func IsCorruption(err error) bool { return ondisk.IsCorruption(err) || errors.Is(err, errCorruptTree) }
+
+// Config configures a cache set. The zero value of every field picks a default.
+type Config struct {
+	// Format: geometry of a new cache set (ignored by Open, which reads it).
+	BucketSize  uint32 // bytes; default 512 KiB
+	JournalSize int64  // bytes; default device/64 clamped to [1 MiB, 128 MiB]
+	MaxVolumes  int    // default 1024
+
+	// NodeCacheNodes is the node cache budget in nodes (live + reusable structs).
+	// Default 256; at least 16.
+	NodeCacheNodes int
+	// NodeMaxKeys caps the keys per node below what the bucket size allows (tests
+	// use it to get deep trees on small devices). 0: no cap.
+	NodeMaxKeys int
+	// NodeCacheWait is how long a node allocation waits for a node to steal when
+	// every cached node is in use. Default 10 s.
+	NodeCacheWait time.Duration
+	// ReaperInterval is how often the reaper trims the node cache to 3/4 of the
+	// budget and writes old dirty nodes. Default 1 s.
+	ReaperInterval time.Duration
+	// JournalDelay is how long a journal entry stays open without a commit.
+	JournalDelay time.Duration
+
+	// Logf, if set, receives the engine's rare log lines.
+	Logf func(format string, args ...any)
+
+	knobs testingKnobs
+}
+
+func (cfg *Config) withDefaults(devSize int64) {
+	if cfg.BucketSize == 0 {
+		cfg.BucketSize = 512 << 10
+	}
+	if cfg.JournalSize == 0 {
+		j := devSize / 64
+		j = max(j, 1<<20)
+		j = min(j, 128<<20)
+		cfg.JournalSize = j / ondisk.BlockSize * ondisk.BlockSize
+	}
+	if cfg.MaxVolumes == 0 {
+		cfg.MaxVolumes = 1024
+	}
+	if cfg.NodeCacheNodes == 0 {
+		cfg.NodeCacheNodes = 256
+	}
+	if cfg.NodeCacheWait == 0 {
+		cfg.NodeCacheWait = 10 * time.Second
+	}
+	if cfg.ReaperInterval == 0 {
+		cfg.ReaperInterval = time.Second
+	}
+}
+
+// rootInfo is the btree root as the journal records it.
+type rootInfo struct {
+	ptr   bkey.Ptr
+	level uint8
+}
+
+// CacheSet is one cache device with its btree, journal and allocator.
+type CacheSet struct {
+	cfg    Config
+	dev    *device.Counting
+	sb     ondisk.Superblock
+	layout ondisk.Layout
+	jnl    *journal.Journal
+	alloc  *alloc.Allocator
+	gens   *genStore
+	nc     *nodeCache
+	knobs  testingKnobs
+
+	treeMu sync.RWMutex // guards root and the shape of the tree (see the lock order)
+	root   *node
+
+	rootPtr  atomic.Pointer[rootInfo] // read by the journal writer without locks
+	flushing atomic.Bool              // a flushWrite is running
+
+	retireMu sync.Mutex // guards retiring
+	retiring []retiredRoot
+
+	errMu sync.Mutex // guards stickyErr
+	// stickyErr is the first device error that left the on-disk state behind the
+	// in-memory one; once set, every write fails with it.
+	stickyErr error
+
+	stats engineStats
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	wake      chan struct{} // 1-buffered: wakes the background loop
+	bgDone    sync.WaitGroup
+}
+
+// retiredRoot is a replaced root waiting for a journal entry naming the new root
+// to be durable.
+type retiredRoot struct {
+	n   *node
+	seq uint64
+}
+
+// engineStats are counters updated without locks.
+type engineStats struct {
+	flushWriteRuns       atomic.Uint64
+	flushWriteNodes      atomic.Uint64
+	flushWrongNode       atomic.Uint64
+	flushCleanedByOthers atomic.Uint64
+	flushWrittenByOthers atomic.Uint64
+	nodeWrites           atomic.Uint64
+	splits               atomic.Uint64
+	compactions          atomic.Uint64
+	rootChanges          atomic.Uint64
+	splitFailures        atomic.Uint64
+}
+
+func (c *CacheSet) setErr(err error) {
+	c.errMu.Lock()
+	if c.stickyErr == nil {
+		c.stickyErr = err
+		if c.cfg.Logf != nil {
+			c.cfg.Logf("engine: cache set failed: %v", err)
+		}
+	}
+	c.errMu.Unlock()
+}
+
+// err returns the sticky error, if any.
+func (c *CacheSet) err() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.stickyErr
+}
+
+// Err reports the error that stopped the cache set from taking writes, if any.
+func (c *CacheSet) Err() error { return c.err() }
+
+func (c *CacheSet) syncDev() error {
+	if err := c.dev.Sync(); err != nil {
+		c.setErr(err)
+		return fmt.Errorf("engine: sync cache device: %w", err)
+	}
+	return nil
+}
+
+// allocBucket allocates a bucket for a btree node.
+func (c *CacheSet) allocBucket() (uint32, uint32, error) {
+	b, gen, err := c.alloc.Alloc(alloc.ReserveBtree, alloc.KindBtree, true)
+	if err != nil {
+		return 0, 0, fmt.Errorf("engine: allocate btree node: %w", err)
+	}
+	// Btree buckets are never invalidated, so they need not stay open.
+	if err := c.alloc.Release(b); err != nil {
+		return 0, 0, fmt.Errorf("engine: allocate btree node: %w", err)
+	}
+	return b, gen, nil
+}
+
+// freeBucket returns a btree node's bucket to the allocator.
+func (c *CacheSet) freeBucket(b uint32) {
+	if err := c.alloc.Free(b); err != nil {
+		c.setErr(err)
+	}
+}
+
+// Format writes a new, empty cache set on dev: superblock copies, an empty
+// volume table, generation table, a zeroed journal and an empty root node.
+func Format(dev device.Device, cfg Config) error {
+	cfg.withDefaults(dev.Size())
+	l, err := ondisk.ComputeLayout(dev.Size(), cfg.BucketSize, cfg.JournalSize, cfg.MaxVolumes)
+	if err != nil {
+		return fmt.Errorf("engine: format: %w", err)
+	}
+	sb := ondisk.NewSuperblock(l, time.Now())
+	if err := formatGens(dev, l, sb.SetMagic); err != nil {
+		return err
+	}
+	vt, err := ondisk.EncodeVolTable(ondisk.VolTable{Seq: 1}, sb.SetMagic, l.VolTableSize)
+	if err != nil {
+		return fmt.Errorf("engine: format: %w", err)
+	}
+	if _, err := dev.WriteAt(vt, l.VolTableCopyOffset(ondisk.CopyA)); err != nil {
+		return fmt.Errorf("engine: format: write volume table: %w", err)
+	}
+	if err := zeroRange(dev, l.JournalOffset, l.JournalSize); err != nil {
+		return fmt.Errorf("engine: format: zero journal: %w", err)
+	}
+	// The root: an empty leaf in bucket 0, generation 0.
+	root := ondisk.EncodeBset(ondisk.BsetHeader{NodeSeq: 1, MaxPos: bkey.MaxPos}, nil, sb.SetMagic)
+	if _, err := dev.WriteAt(root, l.BucketOffset(0)); err != nil {
+		return fmt.Errorf("engine: format: write root: %w", err)
+	}
+	// The first jset names the root.
+	j, _, err := journal.Open(journal.Config{
+		Device: dev, Offset: l.JournalOffset, Size: l.JournalSize, SetMagic: sb.SetMagic,
+		Root: func() journal.Root { return journal.Root{Bucket: 0, Gen: 0, Level: 0} },
+	})
+	if err != nil {
+		return fmt.Errorf("engine: format: %w", err)
+	}
+	j.Start()
+	err = j.Commit(j.Seq())
+	if cerr := j.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("engine: format: first journal entry: %w", err)
+	}
+	for _, cp := range []ondisk.Copy{ondisk.CopyA, ondisk.CopyB} {
+		if _, err := dev.WriteAt(ondisk.EncodeSuperblock(sb), ondisk.SuperblockOffset(cp)); err != nil {
+			return fmt.Errorf("engine: format: write superblock %s: %w", cp, err)
+		}
+	}
+	return dev.Sync()
+}
+
+// zeroRange writes zeroes over [off, off+n).
+func zeroRange(dev device.Device, off, n int64) error {
+	buf := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		w := min(n, int64(len(buf)))
+		if _, err := dev.WriteAt(buf[:w], off); err != nil {
+			return err
+		}
+		off += w
+		n -= w
+	}
+	return nil
+}
