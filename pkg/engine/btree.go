@@ -93,7 +93,7 @@ func (c *CacheSet) dropNode(n *node) {
 		nc.live.remove(n)
 		delete(nc.hash, n.bucket)
 	}
-	n.state = stateFreeable
+	n.setState(stateFreeable)
 	nc.freeable.pushFront(n)
 	nc.mu.Unlock()
 	n.lock.Unlock()

@@ -181,7 +181,7 @@ func (c *CacheSet) nodeFree(n *node) {
 		nc.live.remove(n)
 		delete(nc.hash, n.bucket)
 	}
-	n.state = stateFreeable
+	n.setState(stateFreeable)
 	nc.freeable.pushFront(n)
 	nc.mu.Unlock()
 	n.lock.Unlock()

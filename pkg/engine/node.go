@@ -50,7 +50,9 @@ func (s nodeState) String() string {
 type node struct {
 	lock sync.RWMutex
 
-	// Identity. Written with lock (exclusive) and nodeCache.mu held.
+	// Identity. Written with lock (exclusive), nodeCache.mu and writeMu held, so
+	// holding any one of them keeps it stable (flushWrite re-checks it under
+	// writeMu alone).
 	bucket uint32
 	gen    uint32
 	level  uint8
@@ -117,4 +119,12 @@ func (n *node) childIndex(pos bkey.Pos) int {
 		}
 	}
 	return lo
+}
+
+// setState changes the node's life-cycle state. Caller holds lock (exclusive) and
+// nodeCache.mu; writeMu is taken here so flushWrite can read the state under it.
+func (n *node) setState(s nodeState) {
+	n.writeMu.Lock()
+	n.state = s
+	n.writeMu.Unlock()
 }

@@ -154,16 +154,18 @@ func (c *CacheSet) reapLocked(n *node) bool {
 	}
 	nc.live.remove(n)
 	delete(nc.hash, n.bucket)
-	n.state = stateFreeable
+	n.setState(stateFreeable)
 	nc.stats.Reaped++
 	c.hookReaped(n)
 	return true
 }
 
-// shrink reaps clean nodes until live + freeable is at most target, oldest
-// first, and frees the key memory of surplus freeable structs (bcache:
-// bch_mca_scan). It returns the number of structs whose memory was released.
-func (c *CacheSet) shrink(target int) int {
+// shrink reaps nodes until live + freeable is at most target, oldest first, and
+// frees the key memory of surplus freeable structs (bcache: bch_mca_scan). With
+// flush, dirty nodes are written first and then reaped (bcache: mca_reap with
+// flush, as cannibalize does); nodes selected by flushWrite are never written or
+// reaped here. It returns the number of structs whose memory was released.
+func (c *CacheSet) shrink(target int, flush bool) int {
 	nc := c.nc
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
@@ -180,10 +182,26 @@ func (c *CacheSet) shrink(target int) int {
 		if n.accessed.Swap(false) {
 			nc.live.remove(n)
 			nc.live.pushFront(n)
-		} else if c.reapLocked(n) {
-			nc.releaseLocked(n)
-			n.lock.Unlock()
-			released++
+		} else {
+			if flush && n != nc.root && n.lock.TryLock() {
+				// Write outside the cache lock; holding n.lock keeps it ours.
+				nc.mu.Unlock()
+				err := c.writeDirty(n)
+				nc.mu.Lock()
+				n.lock.Unlock()
+				if err != nil {
+					return released
+				}
+				if n.state != stateLive {
+					n = nc.live.tail // the list changed under us; start over
+					continue
+				}
+			}
+			if c.reapLocked(n) {
+				nc.releaseLocked(n)
+				n.lock.Unlock()
+				released++
+			}
 		}
 		n = prev
 		if n == nil {
@@ -198,7 +216,7 @@ func (c *CacheSet) shrink(target int) int {
 func (nc *nodeCache) releaseLocked(n *node) {
 	n.keys = nil
 	n.children = nil
-	n.state = stateFreed
+	n.setState(stateFreed)
 	nc.freed.pushFront(n)
 }
 
@@ -254,9 +272,6 @@ func (c *CacheSet) mcaAlloc(ptr bkey.Ptr, level uint8) (*node, error) {
 // mu and n.lock exclusive.
 func (c *CacheSet) assignLocked(n *node, ptr bkey.Ptr, level uint8) {
 	nc := c.nc
-	n.bucket, n.gen, n.level = ptr.Bucket, ptr.Gen, level
-	n.epoch++
-	n.state = stateLive
 	n.min, n.max = bkey.Pos{}, bkey.MaxPos
 	if level == 0 {
 		if n.keys == nil {
@@ -270,6 +285,9 @@ func (c *CacheSet) assignLocked(n *node, ptr bkey.Ptr, level uint8) {
 		n.children = n.children[:0]
 	}
 	n.writeMu.Lock()
+	n.bucket, n.gen, n.level = ptr.Bucket, ptr.Gen, level
+	n.epoch++
+	n.state = stateLive
 	n.nodeSeq, n.nbsets, n.logBytes = 0, 0, 0
 	n.dirty, n.unwritten, n.pin, n.journalSeq, n.journalFlush = false, n.unwritten[:0], 0, 0, false
 	n.writeMu.Unlock()

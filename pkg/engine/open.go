@@ -248,7 +248,7 @@ func (c *CacheSet) background() {
 		case <-t.C:
 		}
 		c.retireRoots()
-		c.shrink(c.nc.budget * 3 / 4)
+		c.shrink(c.nc.budget*3/4, false)
 	}
 }
 
