@@ -190,9 +190,19 @@ func (c *CacheSet) syncDev() error {
 	return nil
 }
 
-// allocBucket allocates a bucket for a btree node.
+// allocBucket allocates a bucket for a btree node. When none is free it waits
+// for the allocator goroutine to invalidate clean data buckets, up to
+// NodeCacheWait; a cache device full of metadata is an error, not a hang.
 func (c *CacheSet) allocBucket() (uint32, uint32, error) {
-	b, gen, err := c.alloc.Alloc(alloc.ReserveBtree, alloc.KindBtree, true)
+	var b, gen uint32
+	var err error
+	for waited := time.Duration(0); ; waited += time.Millisecond {
+		b, gen, err = c.alloc.Alloc(alloc.ReserveBtree, alloc.KindBtree, false)
+		if !errors.Is(err, alloc.ErrNoBuckets) || waited >= c.cfg.NodeCacheWait {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("engine: allocate btree node: %w", err)
 	}

@@ -80,8 +80,15 @@ func (c *CacheSet) readNodeLocked(n *node) error {
 			return ondisk.Corruptf("btree node", off, "interior node does not cover up to its max %v", n.max)
 		}
 	}
+	// The newest bset's journal seq: later bsets must not go below it.
+	lastStart := end - ondisk.BsetSize(len(sets[len(sets)-1]))
+	last, _, _, err := ondisk.DecodeBset(buf[lastStart:end], off+int64(lastStart), c.sb.SetMagic)
+	if err != nil {
+		return err
+	}
 	n.writeMu.Lock()
 	n.nodeSeq, n.nbsets, n.logBytes = hdr.NodeSeq, uint32(len(sets)), end
+	n.journalSeq = last.JournalSeq
 	n.writeMu.Unlock()
 	return nil
 }

@@ -10,10 +10,7 @@ import (
 )
 
 // bsetBytes is the space a bset of n keys takes in a node's log.
-func bsetBytes(n int) int {
-	b := ondisk.BsetHeaderSize + n*ondisk.KeySize
-	return (b + ondisk.BlockSize - 1) / ondisk.BlockSize * ondisk.BlockSize
-}
+func bsetBytes(n int) int { return ondisk.BsetSize(n) }
 
 // maxNodeKeys is the most keys a node holds before it is split.
 func (c *CacheSet) maxNodeKeys() int {
@@ -77,6 +74,9 @@ func (c *CacheSet) rewriteStep(pos bkey.Pos, extra int) (done bool, oldRoot *nod
 		n.writeMu.Unlock()
 		if !fits {
 			oldRoot, err = c.rewriteNode(n, parent)
+			if err != nil {
+				n.lock.Unlock() // rewriteNode leaves n locked on error
+			}
 			if parent != nil {
 				parent.lock.Unlock()
 			}
@@ -210,7 +210,6 @@ func (c *CacheSet) rewriteNode(n, parent *node) (oldRoot *node, err error) {
 		// The parent's in-memory copy points at the replacement; the device may
 		// not. The error is sticky: the cache set stops taking writes.
 		c.setErr(err)
-		n.lock.Unlock()
 		return nil, err
 	}
 	if len(repl) == 2 {

@@ -12,8 +12,6 @@ func newFIFO(capacity int) fifo { return fifo{buf: make([]uint32, capacity)} }
 
 func (f *fifo) len() int { return f.n }
 
-func (f *fifo) cap() int { return len(f.buf) }
-
 // push appends b; it reports false, and does nothing, when the fifo is full.
 func (f *fifo) push(b uint32) bool {
 	if f.n == len(f.buf) {

@@ -149,7 +149,8 @@ func TestSLRUPromoteNHit(t *testing.T) {
 	}
 	// Through the allocator.
 	a, _ := newTest(t, Config{NBuckets: 4, Policy: p})
-	if a.Promote(7) || a.Promote(7) || !a.Promote(7) {
+	first, second, third := a.Promote(7), a.Promote(7), a.Promote(7)
+	if first || second || !third {
 		t.Fatal("Allocator.Promote does not use the policy's filter")
 	}
 	b, _ := newTest(t, Config{NBuckets: 4})
