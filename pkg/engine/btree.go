@@ -167,7 +167,7 @@ var errCorruptTree = errors.New("engine: corrupt btree")
 func (c *CacheSet) insert(k bkey.Key, seq uint64, cas bool, expect *bkey.Key) (uint64, error) {
 	var total uint64
 	for k.Len > 0 {
-		part, rest, n, err := c.insertPart(k, seq, cas, expect)
+		_, rest, n, err := c.insertPart(k, seq, cas, expect)
 		var nr *needRewrite
 		if errors.As(err, &nr) {
 			if err := c.rewriteAt(k.StartPos(), nr.extra); err != nil {
@@ -179,7 +179,6 @@ func (c *CacheSet) insert(k bkey.Key, seq uint64, cas bool, expect *bkey.Key) (u
 			return total, err
 		}
 		total += n
-		_ = part
 		k = rest
 		if expect != nil && rest.Len > 0 {
 			e := advanceKey(*expect, rest.Start-expect.Start)

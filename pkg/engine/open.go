@@ -117,7 +117,7 @@ func (c *CacheSet) journalRoot() journal.Root {
 func (c *CacheSet) loadRoot(ptr bkey.Ptr, level uint8) error {
 	c.treeMu.Lock()
 	defer c.treeMu.Unlock()
-	n, err := c.alloc0(ptr, level)
+	n, err := c.mcaAlloc(ptr, level)
 	if err != nil {
 		return err
 	}
@@ -129,9 +129,6 @@ func (c *CacheSet) loadRoot(ptr bkey.Ptr, level uint8) error {
 	n.lock.Unlock()
 	return nil
 }
-
-// alloc0 allocates a node struct during open (no budget pressure yet).
-func (c *CacheSet) alloc0(ptr bkey.Ptr, level uint8) (*node, error) { return c.mcaAlloc(ptr, level) }
 
 // markBuckets walks the whole btree and tells the allocator which buckets hold
 // btree nodes and how much live and dirty data every data bucket holds (bcache's

@@ -9,9 +9,6 @@ import (
 	"github.com/csi-cache/csi-cache/pkg/engine/ondisk"
 )
 
-// bsetBytes is the space a bset of n keys takes in a node's log.
-func bsetBytes(n int) int { return ondisk.BsetSize(n) }
-
 // maxNodeKeys is the most keys a node holds before it is split.
 func (c *CacheSet) maxNodeKeys() int {
 	// A compacted node must fit in half a bucket, so that it still has log room.
@@ -28,7 +25,7 @@ func (c *CacheSet) leafFitsLocked(n *node, extra int) bool {
 	if n.nkeys()+extra > c.maxNodeKeys() {
 		return false
 	}
-	return n.logBytes+bsetBytes(len(n.unwritten)+extra) <= int(c.sb.BucketSize)
+	return n.logBytes+ondisk.BsetSize(len(n.unwritten)+extra) <= int(c.sb.BucketSize)
 }
 
 // rewriteAt makes room for an insert at pos: under the exclusive tree lock it walks

@@ -62,7 +62,7 @@ const (
 	// HeaderSize is the size of a jset's header.
 	HeaderSize = 64
 	// KeySize is the size of an encoded key.
-	KeySize = 40
+	KeySize = ondisk.KeySize
 	// MaxJsetSize bounds a jset, so that the decoder never trusts a length field for
 	// more than this, and a journal entry never takes more than MaxJsetBlocks.
 	MaxJsetSize   = 64 << 10
@@ -139,7 +139,7 @@ func EncodeJset(j *Jset, setMagic uint64) ([]byte, error) {
 	le.PutUint32(b[offNKeys:], uint32(len(j.Keys)))
 	le.PutUint32(b[offPayloadLen:], uint32(payload))
 	for i, k := range j.Keys {
-		encodeKey(b[HeaderSize+i*KeySize:], k)
+		ondisk.EncodeKey(b[HeaderSize+i*KeySize:], k)
 	}
 	le.PutUint32(b[offCsum:], ondisk.Checksum(b[csumStart:HeaderSize+payload]))
 	return b, nil
@@ -213,24 +213,9 @@ func jsetLen(b []byte, off int64, setMagic uint64) (int, error) {
 	return HeaderSize + int(payload), nil
 }
 
-// encodeKey writes k in the KeySize-byte key format into b.
-//
-// TODO(lead): replace with ondisk.EncodeKey once it exists; the format is the same.
-func encodeKey(b []byte, k bkey.Key) {
-	le := binary.LittleEndian
-	_ = b[KeySize-1]
-	le.PutUint64(b[0:], k.Vol)
-	le.PutUint64(b[8:], k.Start)
-	le.PutUint32(b[16:], k.Len)
-	b[20] = k.Flags
-	b[21], b[22], b[23] = 0, 0, 0
-	le.PutUint32(b[24:], k.Ptr.Bucket)
-	le.PutUint32(b[28:], k.Ptr.Offset)
-	le.PutUint32(b[32:], k.Ptr.Gen)
-	le.PutUint32(b[36:], 0)
-}
-
-// decodeKey reads a key written by encodeKey; ok is false if its padding is not zero.
+// decodeKey reads a key written by ondisk.EncodeKey; ok is false if its padding
+// is not zero. Unlike ondisk.DecodeKey it does not judge the flags: a jset carries
+// keys as the engine journaled them.
 func decodeKey(b []byte) (k bkey.Key, ok bool) {
 	le := binary.LittleEndian
 	_ = b[KeySize-1]
