@@ -29,11 +29,15 @@ func (j *Journal) Add(keys []bkey.Key) (uint64, error) {
 		return 0, err
 	}
 	o := &j.open
-	if len(o.keys) == 0 && len(keys) > 0 {
+	first := len(o.keys) == 0 && len(keys) > 0
+	if first {
 		o.openedAt = j.clock.Now()
-		j.armTimerLocked()
 	}
 	o.keys = append(o.keys, keys...)
+	if first {
+		// Arm after the keys are in: armTimerLocked ignores an empty entry.
+		j.armTimerLocked()
+	}
 	j.ents[len(j.ents)-1].pins++
 	return j.openSeqLocked(), nil
 }
