@@ -70,6 +70,14 @@ type Config struct {
 	// JournalDelay is how long a journal entry stays open without a commit.
 	JournalDelay time.Duration
 
+	// BackingDir holds the backing files of BackingFile volumes (one sparse file
+	// per volume, named by volume id). Required to create such volumes.
+	BackingDir string
+	// OpenBacking, if set, replaces how backing stores are opened (tests wrap
+	// them in fault, delay and crash devices). create asks for a new, empty
+	// store of size bytes.
+	OpenBacking func(kind BackingKind, path string, size int64, create bool) (device.Device, error)
+
 	// Logf, if set, receives the engine's rare log lines.
 	Logf func(format string, args ...any)
 
