@@ -227,6 +227,12 @@ func (c *CacheSet) insertPart(k bkey.Key, seq uint64, cas bool, expect *bkey.Key
 			return true
 		})
 	} else {
+		if c.accounting.Load() {
+			leaf.keys.Lookup(part.Vol, part.Start, part.End(), func(x bkey.Key) bool {
+				c.displaced(clipKey(x, part.Start, part.End()))
+				return true
+			})
+		}
 		leaf.keys.Insert(part)
 		leaf.unwritten = append(leaf.unwritten, part)
 		inserted = uint64(part.Len)
@@ -298,20 +304,27 @@ func childKey(max bkey.Pos, ptr bkey.Ptr) bkey.Key {
 // caller orders overlapping inserts (the volume layer holds a range lock from
 // here until the insert returns).
 func (c *CacheSet) InsertKeys(keys []bkey.Key) error {
+	_, err := c.insertKeys(keys)
+	return err
+}
+
+// insertKeys is InsertKeys returning the journal entry that holds the keys
+// (Commit it to make them durable).
+func (c *CacheSet) insertKeys(keys []bkey.Key) (uint64, error) {
 	if err := c.err(); err != nil {
-		return err
+		return 0, err
 	}
 	seq, err := c.jnl.Add(keys)
 	if err != nil {
-		return fmt.Errorf("engine: journal: %w", err)
+		return 0, fmt.Errorf("engine: journal: %w", err)
 	}
 	defer c.unpin(seq)
 	for _, k := range keys {
 		if _, err := c.insert(k, seq, false, nil); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return seq, nil
 }
 
 // ReplaceKey inserts k by compare-and-swap without journaling it (a cache fill or a

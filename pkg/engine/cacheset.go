@@ -78,6 +78,16 @@ type Config struct {
 	// store of size bytes.
 	OpenBacking func(kind BackingKind, path string, size int64, create bool) (device.Device, error)
 
+	// WritebackPercent is the share of the cache that dirty data may fill before
+	// writeback speeds up (bcache's writeback_percent). Default 10; negative
+	// writes back at full speed always.
+	WritebackPercent int
+	// GCInterval is how often GC runs without being asked. Default 1 minute.
+	GCInterval time.Duration
+	// Policy is the replacement policy of clean data buckets: "lru" (default) or
+	// "slru" (segmented LRU with n-hit promotion of misses).
+	Policy string
+
 	// Logf, if set, receives the engine's rare log lines.
 	Logf func(format string, args ...any)
 
@@ -105,6 +115,12 @@ func (cfg *Config) withDefaults(devSize int64) {
 	}
 	if cfg.ReaperInterval == 0 {
 		cfg.ReaperInterval = time.Second
+	}
+	if cfg.WritebackPercent == 0 {
+		cfg.WritebackPercent = 10
+	}
+	if cfg.GCInterval == 0 {
+		cfg.GCInterval = time.Minute
 	}
 }
 
@@ -142,7 +158,20 @@ type CacheSet struct {
 
 	stats engineStats
 
+	vols       volumes
+	accounting atomic.Bool // inserts subtract what they displace (off during replay)
+	wpClean    writePoint  // clean data: writethrough writes, fills
+	wpDirty    writePoint  // dirty data: writeback writes
+	fills      chan fillReq
+
+	gcPass     sync.Mutex // one GC pass at a time
+	gcMu       sync.Mutex // guards gcRunning, gcDeferred
+	gcRunning  bool
+	gcDeferred []uint32 // data bucket releases waiting for GC to end
+	gcKick     chan struct{}
+
 	closeOnce sync.Once
+	closing   atomic.Bool // Close has begun
 	closed    chan struct{}
 	wake      chan struct{} // 1-buffered: wakes the background loop
 	bgDone    sync.WaitGroup
@@ -167,6 +196,14 @@ type engineStats struct {
 	compactions          atomic.Uint64
 	rootChanges          atomic.Uint64
 	splitFailures        atomic.Uint64
+
+	cacheFull      atomic.Uint64 // data allocations that found no free bucket
+	fills          atomic.Uint64
+	fillsDropped   atomic.Uint64
+	fillRaces      atomic.Uint64
+	writebackBytes atomic.Uint64
+	gcRuns         atomic.Uint64
+	gcFreed        atomic.Uint64
 }
 
 func (c *CacheSet) setErr(err error) {

@@ -24,14 +24,34 @@ func Open(dev device.Device, cfg Config) (*CacheSet, error) {
 		nc:     newNodeCache(cfg.NodeCacheNodes),
 		closed: make(chan struct{}),
 		wake:   make(chan struct{}, 1),
+		fills:  make(chan fillReq, fillQueueLen),
+		gcKick: make(chan struct{}, 1),
 	}
 	if err := c.open(); err != nil {
 		c.shutdown()
 		return nil, err
 	}
-	c.bgDone.Add(1)
+	c.bgDone.Add(4)
 	go c.background()
+	go c.gcLoop()
+	go c.filler()
+	go c.filler()
+	c.vols.mu.Lock()
+	for _, v := range c.vols.byName {
+		v.start()
+	}
+	c.vols.mu.Unlock()
 	return c, nil
+}
+
+// isClosed reports whether Close has begun.
+func (c *CacheSet) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+	}
+	return c.closing.Load()
 }
 
 func (c *CacheSet) open() error {
@@ -60,7 +80,18 @@ func (c *CacheSet) open() error {
 	if c.gens, err = loadGens(c.dev, c.layout, sb.SetMagic); err != nil {
 		return err
 	}
+	var policy alloc.Policy
+	switch c.cfg.Policy {
+	case "", "lru":
+	case "slru":
+		if policy, err = alloc.NewSLRU(c.layout.NBuckets, alloc.SLRUConfig{PromoteHits: 2}); err != nil {
+			return fmt.Errorf("engine: %w", err)
+		}
+	default:
+		return fmt.Errorf("%w: unknown replacement policy %q (want lru or slru)", ErrInvalid, c.cfg.Policy)
+	}
 	c.alloc, err = alloc.New(alloc.Config{
+		Policy:        policy,
 		NBuckets:      c.layout.NBuckets,
 		BucketSectors: int(sb.BucketSize / ondisk.SectorSize),
 		Gens:          c.gens.snapshot(),
@@ -79,6 +110,7 @@ func (c *CacheSet) open() error {
 		Flush:        func(uint64) { c.flushWrite() },
 		Root:         c.journalRoot,
 		NeedPreflush: c.dev.WritesSinceSync,
+		NextVolumeID: c.vols.nextID.Load,
 		Delay:        c.cfg.JournalDelay,
 	})
 	if err != nil {
@@ -96,12 +128,23 @@ func (c *CacheSet) open() error {
 	if err := c.loadRoot(rootPtr, replay.Root.Level); err != nil {
 		return err
 	}
-	if err := c.markBuckets(); err != nil {
+	if err := c.markBuckets(replay); err != nil {
 		return err
 	}
 	c.alloc.Start()
 	c.jnl.Start()
-	return c.replay(replay)
+	if err := c.replay(replay); err != nil {
+		return err
+	}
+	if err := c.loadVolumes(replay.NextVolumeID); err != nil {
+		return err
+	}
+	if err := c.purgeDeleted(); err != nil {
+		return err
+	}
+	c.accounting.Store(true)
+	// Exact bucket usage and per-volume dirty data, from the replayed tree.
+	return c.gc(true)
 }
 
 // journalRoot is the journal's Root hook.
@@ -133,34 +176,45 @@ func (c *CacheSet) loadRoot(ptr bkey.Ptr, level uint8) error {
 // markBuckets walks the whole btree and tells the allocator which buckets hold
 // btree nodes and how much live and dirty data every data bucket holds (bcache's
 // initial GC mark). Pointers whose gen is stale are ignored.
-func (c *CacheSet) markBuckets() error {
+//
+// The keys of the journal entries to replay count too: they point into buckets
+// that must not be reused before the replay re-inserts them. That overcounts
+// what they overwrite; the GC pass at the end of open corrects it.
+func (c *CacheSet) markBuckets(replay *journal.Replay) error {
 	type usage struct{ live, dirty int }
 	data := map[uint32]*usage{}
 	var nodes []uint32
+	count := func(k bkey.Key) {
+		if k.Whiteout() || k.Ptr.Bucket >= c.layout.NBuckets || c.alloc.Gen(k.Ptr.Bucket) != k.Ptr.Gen {
+			return
+		}
+		u := data[k.Ptr.Bucket]
+		if u == nil {
+			u = &usage{}
+			data[k.Ptr.Bucket] = u
+		}
+		u.live += int(k.Len)
+		if k.Dirty() {
+			u.dirty += int(k.Len)
+		}
+	}
 	err := c.walk(func(n *node) error {
 		nodes = append(nodes, n.bucket)
 		if !n.isLeaf() {
 			return nil
 		}
 		for i := 0; i < n.keys.Len(); i++ {
-			k := n.keys.At(i)
-			if k.Ptr.Bucket >= c.layout.NBuckets || c.alloc.Gen(k.Ptr.Bucket) != k.Ptr.Gen {
-				continue
-			}
-			u := data[k.Ptr.Bucket]
-			if u == nil {
-				u = &usage{}
-				data[k.Ptr.Bucket] = u
-			}
-			u.live += int(k.Len)
-			if k.Dirty() {
-				u.dirty += int(k.Len)
-			}
+			count(n.keys.At(i))
 		}
 		return nil
 	})
 	if err != nil {
 		return err
+	}
+	for _, e := range replay.Entries {
+		for _, k := range e.Keys {
+			count(k)
+		}
 	}
 	isNode := map[uint32]bool{}
 	for _, b := range nodes {
@@ -279,7 +333,19 @@ func (c *CacheSet) retireRoots() {
 func (c *CacheSet) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		err = c.flushAll()
+		c.closing.Store(true)
+		c.vols.mu.Lock()
+		for _, v := range c.vols.byName {
+			if cerr := v.close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+		c.vols.mu.Unlock()
+		c.closeWritePoint(&c.wpClean)
+		c.closeWritePoint(&c.wpDirty)
+		if ferr := c.flushAll(); err == nil {
+			err = ferr
+		}
 		c.retireRoots()
 		close(c.closed)
 		c.bgDone.Wait()

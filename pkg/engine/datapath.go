@@ -1,0 +1,517 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"unsafe"
+
+	"github.com/csi-cache/csi-cache/pkg/engine/bkey"
+	"github.com/csi-cache/csi-cache/pkg/engine/device"
+	"github.com/csi-cache/csi-cache/pkg/engine/ondisk"
+)
+
+// The data path of a volume.
+//
+// Read: look the range up in the btree. A key is a hit: read the cache device,
+// then check the pointer's generation again; if the bucket was invalidated under
+// the read, the data may be someone else's and the lookup is retried (a clean
+// key then counts as a miss). A gap is a miss: read the backing store (zeroes for
+// a cache-only volume) and, if the mode caches reads and the policy promotes it,
+// hand a copy to a filler goroutine, which writes it to the cache and inserts it
+// by compare-and-swap under the stripe check (see stripes). A dirty key is never
+// bypassed: a cache read error on dirty data is an IO error, on clean data the
+// backing store serves it.
+//
+// Write, under the stripe locks of the range:
+//   - writeback: append to the dirty write point, journal and insert dirty keys;
+//   - writethrough: write the backing store, then the cache, journal and insert
+//     clean keys;
+//   - writearound, none, and any write over the sequential cutoff or when the
+//     cache is full: write the backing store and journal a whiteout over cached
+//     keys of the range, if any.
+//
+// Durability: a write is durable after Flush (journal committed, cache device and
+// backing store synced) or, with FUA, when it returns.
+
+const sectorSize = ondisk.SectorSize
+
+// checkIO validates an IO of n bytes at off against the volume size.
+func (v *Volume) checkIO(off, n int64) error {
+	if off < 0 || n < 0 || off%sectorSize != 0 || n%sectorSize != 0 {
+		return fmt.Errorf("%w: io at %d+%d is not 512-byte aligned", ErrInvalid, off, n)
+	}
+	if uint64(off)+uint64(n) > v.size.Load() {
+		return fmt.Errorf("%w: io at %d+%d beyond the volume size %d", ErrInvalid, off, n, v.size.Load())
+	}
+	return nil
+}
+
+// begin takes the volume's IO lock; the caller ends with v.io.RUnlock.
+func (v *Volume) begin() error {
+	v.io.RLock()
+	if v.closed {
+		v.io.RUnlock()
+		return ErrVolumeClosed
+	}
+	if p := v.health.Load(); p != nil && v.backing == nil && v.info.Backing != BackingNone {
+		err := *p
+		v.io.RUnlock()
+		return err
+	}
+	if err := v.c.err(); err != nil {
+		v.io.RUnlock()
+		return err
+	}
+	return nil
+}
+
+// alignedPool holds 512-byte aligned buffers for device IO with O_DIRECT.
+var alignedPool = sync.Pool{New: func() any { b := device.AlignedBuffer(fillMax); return &b }}
+
+// fillMax is the largest buffer kept in alignedPool (and the largest fill).
+const fillMax = 1 << 20
+
+func isAligned(p []byte) bool {
+	return len(p) == 0 || uintptr(unsafe.Pointer(unsafe.SliceData(p)))%sectorSize == 0
+}
+
+// devRead reads p from the cache device at off, through an aligned buffer if p
+// is not aligned.
+func (c *CacheSet) devRead(p []byte, off int64) error {
+	if isAligned(p) {
+		_, err := c.dev.ReadAt(p, off)
+		return err
+	}
+	return withAligned(len(p), func(b []byte) error {
+		if _, err := c.dev.ReadAt(b, off); err != nil {
+			return err
+		}
+		copy(p, b)
+		return nil
+	})
+}
+
+func (c *CacheSet) devWrite(p []byte, off int64) error {
+	if isAligned(p) {
+		_, err := c.dev.WriteAt(p, off)
+		return err
+	}
+	return withAligned(len(p), func(b []byte) error {
+		copy(b, p)
+		_, err := c.dev.WriteAt(b, off)
+		return err
+	})
+}
+
+func withAligned(n int, fn func(b []byte) error) error {
+	if n <= fillMax {
+		bp := alignedPool.Get().(*[]byte)
+		defer alignedPool.Put(bp)
+		return fn((*bp)[:n])
+	}
+	return fn(device.AlignedBuffer(n))
+}
+
+// ReadAt fills p from offset off.
+func (v *Volume) ReadAt(p []byte, off int64) error {
+	if err := v.checkIO(off, int64(len(p))); err != nil {
+		return err
+	}
+	if err := v.begin(); err != nil {
+		return err
+	}
+	defer v.io.RUnlock()
+	if len(p) == 0 {
+		return nil
+	}
+	v.stats.readOps.Add(1)
+	v.stats.readBytes.Add(uint64(len(p)))
+	start := uint64(off) / sectorSize
+	end := start + uint64(len(p))/sectorSize
+	mode := CacheMode(v.mode.Load())
+	stream := v.seq.observe(start, end-start)
+	cutoff := v.info.SeqCutoff
+	bypass := mode == NoCache || (cutoff != NoSeqCutoff && stream > cutoff)
+	if mode == NoCache && v.backing != nil {
+		v.stats.bypassed.Add(end - start)
+		return v.readBacking(p, start)
+	}
+	return v.readCached(p, start, end, bypass)
+}
+
+// gap is a range of sectors [start, end) not in the cache.
+type gap struct{ start, end uint64 }
+
+func (v *Volume) readCached(p []byte, start, end uint64, bypass bool) error {
+	c := v.c
+	for attempt := 0; ; attempt++ {
+		// The fill check: sequence numbers before the lookup and the backing read.
+		seq := v.stripes.seqSum(start, end)
+		keys, err := c.lookup(v.id, start, end)
+		if err != nil {
+			return fmt.Errorf("%w: volume %q: btree lookup: %v", ErrIO, v.info.Name, err)
+		}
+		var gaps []gap
+		var hits uint64
+		pos, retry := start, false
+		for _, k := range keys {
+			k = clipKey(k, start, end)
+			if k.Start > pos {
+				gaps = append(gaps, gap{pos, k.Start})
+			}
+			pos = k.End()
+			buf := p[(k.Start-start)*sectorSize : (k.End()-start)*sectorSize]
+			if c.alloc.IsStale(k.Ptr.Bucket, k.Ptr.Gen) {
+				if k.Dirty() {
+					retry = true // overwritten and reused since the lookup
+					continue
+				}
+				gaps = append(gaps, gap{k.Start, k.End()})
+				continue
+			}
+			if err := c.devRead(buf, c.dataOffset(k.Ptr, 0)); err != nil {
+				v.stats.cacheErrors.Add(1)
+				if k.Dirty() || v.backing == nil {
+					return fmt.Errorf("%w: volume %q: cache read of dirty data at sector %d: %v", ErrIO, v.info.Name, k.Start, err)
+				}
+				c.logf("engine: volume %q: cache read error at sector %d, reading the backing store: %v", v.info.Name, k.Start, err)
+				gaps = append(gaps, gap{k.Start, k.End()})
+				continue
+			}
+			// The bucket may have been invalidated and rewritten under the read.
+			if c.alloc.IsStale(k.Ptr.Bucket, k.Ptr.Gen) {
+				if k.Dirty() {
+					retry = true
+					continue
+				}
+				gaps = append(gaps, gap{k.Start, k.End()})
+				continue
+			}
+			hits += uint64(k.Len)
+			c.alloc.Touch(k.Ptr.Bucket)
+		}
+		if pos < end {
+			gaps = append(gaps, gap{pos, end})
+		}
+		if retry && attempt < 8 {
+			continue
+		}
+		if retry {
+			return fmt.Errorf("%w: volume %q: cached data kept moving under the read", ErrIO, v.info.Name)
+		}
+		v.stats.hits.Add(hits)
+		for _, g := range mergeGaps(gaps) {
+			buf := p[(g.start-start)*sectorSize : (g.end-start)*sectorSize]
+			if err := v.readBacking(buf, g.start); err != nil {
+				return err
+			}
+			v.stats.misses.Add(g.end - g.start)
+			if bypass || v.backing == nil {
+				if bypass {
+					v.stats.bypassed.Add(g.end - g.start)
+				}
+				continue
+			}
+			v.fill(buf, g.start, seq)
+		}
+		return nil
+	}
+}
+
+// mergeGaps sorts nothing (gaps come in order) and joins adjacent gaps.
+func mergeGaps(gs []gap) []gap {
+	if len(gs) < 2 {
+		return gs
+	}
+	out := gs[:1]
+	for _, g := range gs[1:] {
+		if last := &out[len(out)-1]; last.end == g.start {
+			last.end = g.end
+		} else {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// readBacking reads sectors from the backing store (zeroes for a cache-only
+// volume: sectors it never wrote).
+func (v *Volume) readBacking(p []byte, start uint64) error {
+	if v.backing == nil {
+		if v.info.Backing != BackingNone {
+			return v.Health()
+		}
+		clear(p)
+		return nil
+	}
+	if _, err := v.backing.ReadAt(p, int64(start*sectorSize)); err != nil {
+		v.stats.backingErrors.Add(1)
+		return fmt.Errorf("%w: volume %q: backing read at sector %d: %v", ErrIO, v.info.Name, start, err)
+	}
+	return nil
+}
+
+// writeBacking writes sectors to the backing store.
+func (v *Volume) writeBacking(p []byte, start uint64) error {
+	if v.backing == nil {
+		return v.Health()
+	}
+	v.backingDirty.Store(true)
+	if _, err := v.backing.WriteAt(p, int64(start*sectorSize)); err != nil {
+		v.stats.backingErrors.Add(1)
+		return fmt.Errorf("%w: volume %q: backing write at sector %d: %v", ErrIO, v.info.Name, start, err)
+	}
+	return nil
+}
+
+// syncBacking makes the backing store's writes durable.
+func (v *Volume) syncBacking() error {
+	if v.backing == nil || !v.backingDirty.Load() {
+		return nil
+	}
+	v.backingSync.Lock()
+	defer v.backingSync.Unlock()
+	if !v.backingDirty.Swap(false) {
+		return nil
+	}
+	if err := v.backing.Sync(); err != nil {
+		v.backingDirty.Store(true)
+		v.stats.backingErrors.Add(1)
+		return fmt.Errorf("%w: volume %q: sync backing store: %v", ErrIO, v.info.Name, err)
+	}
+	return nil
+}
+
+// WriteAt writes p at off; with fua it is durable when WriteAt returns.
+func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
+	if err := v.checkIO(off, int64(len(p))); err != nil {
+		return err
+	}
+	if err := v.begin(); err != nil {
+		return err
+	}
+	defer v.io.RUnlock()
+	if len(p) == 0 {
+		return nil
+	}
+	v.stats.writeOps.Add(1)
+	v.stats.writeBytes.Add(uint64(len(p)))
+	start := uint64(off) / sectorSize
+	end := start + uint64(len(p))/sectorSize
+	mode := CacheMode(v.mode.Load())
+	stream := v.seq.observe(start, end-start)
+	cutoff := v.info.SeqCutoff
+	bypass := cutoff != NoSeqCutoff && stream > cutoff
+
+	locked := v.stripes.lock(start, end)
+	defer v.stripes.unlock(locked)
+
+	var seq uint64
+	var err error
+	wroteBacking := false
+	switch {
+	case v.info.Backing == BackingNone:
+		seq, err = v.writeCache(p, start, true)
+		if errors.Is(err, errCacheFull) {
+			return fmt.Errorf("%w: cache-only volume %q: the cache is full", ErrNoSpace, v.info.Name)
+		}
+	case mode == Writeback && !bypass:
+		seq, err = v.writeCache(p, start, true)
+		if errors.Is(err, errCacheFull) {
+			v.stats.bypassed.Add(end - start)
+			seq, err = v.writeAround(p, start, end)
+			wroteBacking = true
+		}
+	case mode == Writethrough && !bypass:
+		if err = v.writeBacking(p, start); err != nil {
+			return err
+		}
+		wroteBacking = true
+		seq, err = v.writeCache(p, start, false)
+		if errors.Is(err, errCacheFull) {
+			v.stats.bypassed.Add(end - start)
+			seq, err = v.invalidateCached(start, end)
+		}
+	default:
+		v.stats.bypassed.Add(end - start)
+		seq, err = v.writeAround(p, start, end)
+		wroteBacking = true
+	}
+	if err != nil {
+		return err
+	}
+	if fua {
+		return v.makeDurable(seq, wroteBacking)
+	}
+	return nil
+}
+
+// makeDurable syncs the backing store (if written) and commits journal entry seq
+// (if any).
+func (v *Volume) makeDurable(seq uint64, backing bool) error {
+	if backing {
+		if err := v.syncBacking(); err != nil {
+			return err
+		}
+	}
+	if seq != 0 {
+		if err := v.c.jnl.Commit(seq); err != nil {
+			return fmt.Errorf("%w: journal commit: %v", ErrIO, err)
+		}
+	}
+	return v.c.err()
+}
+
+// writeAround writes the backing store and drops cached keys of the range.
+func (v *Volume) writeAround(p []byte, start, end uint64) (uint64, error) {
+	if err := v.writeBacking(p, start); err != nil {
+		return 0, err
+	}
+	return v.invalidateCached(start, end)
+}
+
+// invalidateCached journals a whiteout over [start, end) if anything of it is
+// cached, and returns its journal entry (0 if none was needed).
+func (v *Volume) invalidateCached(start, end uint64) (uint64, error) {
+	keys, err := v.c.lookup(v.id, start, end)
+	if err != nil {
+		return 0, fmt.Errorf("%w: btree lookup: %v", ErrIO, err)
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	seq, err := v.c.insertKeys([]bkey.Key{{Vol: v.id, Start: start, Len: uint32(end - start), Flags: bkey.FlagWhiteout}})
+	if err != nil {
+		return 0, fmt.Errorf("%w: invalidate cached data: %v", ErrIO, err)
+	}
+	return seq, nil
+}
+
+// writeCache appends p to a write point and journals and inserts its keys.
+// errCacheFull if no bucket is free (nothing was written).
+func (v *Volume) writeCache(p []byte, start uint64, dirty bool) (uint64, error) {
+	c := v.c
+	wp := &c.wpClean
+	if dirty {
+		wp = &c.wpDirty
+	}
+	exts, err := c.reserve(wp, uint64(len(p))/sectorSize)
+	if err != nil {
+		return 0, err
+	}
+	defer c.releaseExtents(exts)
+	keys := make([]bkey.Key, 0, len(exts))
+	pos := start
+	for _, e := range exts {
+		buf := p[(pos-start)*sectorSize : (pos-start+uint64(e.n))*sectorSize]
+		if err := c.devWrite(buf, c.dataOffset(e.ptr, 0)); err != nil {
+			v.stats.cacheErrors.Add(1)
+			c.setErr(err)
+			return 0, fmt.Errorf("%w: cache write: %v", ErrIO, err)
+		}
+		if err := c.alloc.MarkData(e.ptr.Bucket, int(e.n), dirty); err != nil {
+			return 0, fmt.Errorf("%w: %v", ErrIO, err)
+		}
+		k := bkey.Key{Vol: v.id, Start: pos, Len: e.n, Ptr: e.ptr}
+		if dirty {
+			k.Flags = bkey.FlagDirty
+		}
+		keys = append(keys, k)
+		pos += uint64(e.n)
+	}
+	var seq uint64
+	for len(keys) > 0 {
+		n := min(len(keys), 64)
+		if seq, err = c.insertKeys(keys[:n]); err != nil {
+			return 0, fmt.Errorf("%w: %v", ErrIO, err)
+		}
+		if dirty {
+			for _, k := range keys[:n] {
+				v.dirty.Add(int64(k.Len))
+			}
+		}
+		keys = keys[n:]
+	}
+	return seq, nil
+}
+
+// Flush makes every write that returned before the call durable.
+func (v *Volume) Flush() error {
+	if err := v.begin(); err != nil {
+		return err
+	}
+	defer v.io.RUnlock()
+	if err := v.syncBacking(); err != nil {
+		return err
+	}
+	if err := v.c.Commit(); err != nil {
+		return fmt.Errorf("%w: %v", ErrIO, err)
+	}
+	return nil
+}
+
+// Trim discards a range: it reads back as zeroes.
+func (v *Volume) Trim(off, length int64) error { return v.zero(off, length, false, true) }
+
+// WriteZeroes makes a range read back as zeroes; with fua durably.
+func (v *Volume) WriteZeroes(off, length int64, fua bool) error {
+	return v.zero(off, length, fua, false)
+}
+
+func (v *Volume) zero(off, length int64, fua, trim bool) error {
+	if err := v.checkIO(off, length); err != nil {
+		return err
+	}
+	if err := v.begin(); err != nil {
+		return err
+	}
+	defer v.io.RUnlock()
+	if length == 0 {
+		return nil
+	}
+	v.stats.writeOps.Add(1)
+	start := uint64(off) / sectorSize
+	end := start + uint64(length)/sectorSize
+	locked := v.stripes.lock(start, end)
+	defer v.stripes.unlock(locked)
+	if v.backing != nil {
+		v.backingDirty.Store(true)
+		if err := zeroDevice(v.backing, off, length); err != nil {
+			v.stats.backingErrors.Add(1)
+			return fmt.Errorf("%w: volume %q: zero backing store: %v", ErrIO, v.info.Name, err)
+		}
+	} else if v.info.Backing != BackingNone {
+		return v.Health()
+	}
+	seq, err := v.invalidateCached(start, end)
+	if err != nil {
+		return err
+	}
+	if fua {
+		return v.makeDurable(seq, v.backing != nil)
+	}
+	return nil
+}
+
+// zeroDevice makes [off, off+n) of dev read as zeroes: a discard (punched hole)
+// if the device can, else written zeroes.
+func zeroDevice(dev device.Device, off, n int64) error {
+	if d, ok := dev.(device.Discarder); ok {
+		if err := d.Discard(off, n); err == nil {
+			return nil
+		}
+	}
+	return withAligned(int(min(n, fillMax)), func(b []byte) error {
+		clear(b)
+		for n > 0 {
+			w := min(n, int64(len(b)))
+			if _, err := dev.WriteAt(b[:w], off); err != nil {
+				return err
+			}
+			off += w
+			n -= w
+		}
+		return nil
+	})
+}
