@@ -46,11 +46,11 @@ type writeback struct {
 }
 
 const (
-	writebackBatch      = 64       // extents per backing sync
-	writebackMinRate    = 4 << 10  // bytes/s: the trickle below the target
-	writebackMaxRate    = 1 << 40  // "unlimited"
-	writebackPTermInv   = 40       // bcache's writeback_rate_p_term_inverse
-	writebackITermInv   = 10000    // bcache's writeback_rate_i_term_inverse
+	writebackBatch      = 64      // extents per backing sync
+	writebackMinRate    = 4 << 10 // bytes/s: the trickle below the target
+	writebackMaxRate    = 1 << 40 // "unlimited"
+	writebackPTermInv   = 40      // bcache's writeback_rate_p_term_inverse
+	writebackITermInv   = 10000   // bcache's writeback_rate_i_term_inverse
 	writebackUpdateTick = 250 * time.Millisecond
 )
 
