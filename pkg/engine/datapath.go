@@ -133,10 +133,8 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 	stream := v.seq.observe(start, end-start)
 	cutoff := v.info.SeqCutoff
 	bypass := mode == NoCache || (cutoff != NoSeqCutoff && stream > cutoff)
-	if mode == NoCache && v.backing != nil {
-		v.stats.bypassed.Add(end - start)
-		return v.readBacking(p, start)
-	}
+	// Even with the cache off, the lookup is needed: leaving writeback mode
+	// leaves dirty data in the cache until writeback drained it.
 	return v.readCached(p, start, end, bypass)
 }
 
@@ -162,9 +160,13 @@ func (v *Volume) readCached(p []byte, start, end uint64, bypass bool) error {
 			}
 			pos = k.End()
 			buf := p[(k.Start-start)*sectorSize : (k.End()-start)*sectorSize]
+			// A stale pointer is dead, dirty or not: a bucket with dirty data is
+			// never invalidated, so the data was overwritten (a new lookup finds
+			// the newer key) or written back and cleaned (the journal may still
+			// replay the dirty key after a crash; the backing store has it).
 			if c.alloc.IsStale(k.Ptr.Bucket, k.Ptr.Gen) {
-				if k.Dirty() {
-					retry = true // overwritten and reused since the lookup
+				if k.Dirty() && attempt == 0 {
+					retry = true
 					continue
 				}
 				gaps = append(gaps, gap{k.Start, k.End()})
@@ -181,7 +183,7 @@ func (v *Volume) readCached(p []byte, start, end uint64, bypass bool) error {
 			}
 			// The bucket may have been invalidated and rewritten under the read.
 			if c.alloc.IsStale(k.Ptr.Bucket, k.Ptr.Gen) {
-				if k.Dirty() {
+				if k.Dirty() && attempt == 0 {
 					retry = true
 					continue
 				}
@@ -194,11 +196,8 @@ func (v *Volume) readCached(p []byte, start, end uint64, bypass bool) error {
 		if pos < end {
 			gaps = append(gaps, gap{pos, end})
 		}
-		if retry && attempt < 8 {
-			continue
-		}
 		if retry {
-			return fmt.Errorf("%w: volume %q: cached data kept moving under the read", ErrIO, v.info.Name)
+			continue
 		}
 		v.stats.hits.Add(hits)
 		for _, g := range mergeGaps(gaps) {

@@ -274,6 +274,13 @@ func (c *CacheSet) walk(fn func(n *node) error) error {
 func (c *CacheSet) replay(r *journal.Replay) error {
 	for _, e := range r.Entries {
 		for _, k := range e.Keys {
+			// A key whose bucket was invalidated since is dead (see readCached),
+			// but it still overwrote what was there before it: replay it as a
+			// whiteout, so that an older key the nodes may hold does not come
+			// back.
+			if !k.Whiteout() && c.alloc.IsStale(k.Ptr.Bucket, k.Ptr.Gen) {
+				k.Flags, k.Ptr = bkey.FlagWhiteout, bkey.Ptr{}
+			}
 			if _, err := c.insert(k, e.Seq, false, nil); err != nil {
 				return fmt.Errorf("engine: replay journal entry %d: %w", e.Seq, err)
 			}

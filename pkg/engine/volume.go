@@ -527,6 +527,17 @@ func (v *Volume) Resize(size uint64) error {
 		}
 	}
 	if size < old {
+		// The cut range reads zeroes if the volume grows again, whatever the
+		// backing store (a block device is not truncated).
+		if v.backing != nil {
+			v.backingDirty.Store(true)
+			if err := zeroDevice(v.backing, int64(size), int64(old-size)); err != nil {
+				return fmt.Errorf("%w: volume %q: zero the cut range of the backing store: %v", ErrIO, v.info.Name, err)
+			}
+			if err := v.syncBacking(); err != nil {
+				return err
+			}
+		}
 		if err := v.c.invalidateRange(v.id, size/ondisk.SectorSize, old/ondisk.SectorSize); err != nil {
 			return err
 		}
