@@ -246,6 +246,11 @@ func (c *CacheSet) allocBucket() (uint32, uint32, error) {
 		if !errors.Is(err, alloc.ErrNoBuckets) || waited >= c.cfg.NodeCacheWait {
 			break
 		}
+		// Wait only while the allocator can refill: dead buckets to bump, or
+		// clean data buckets to evict. Every bucket dirty or metadata: fail now.
+		if st := c.alloc.Stats(); st.Pending == 0 && st.Data-st.Dirty-st.Open <= 0 {
+			break
+		}
 		time.Sleep(time.Millisecond)
 	}
 	if err != nil {

@@ -315,7 +315,7 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 		if errors.Is(err, errCacheFull) {
 			return fmt.Errorf("%w: cache-only volume %q: the cache is full", ErrNoSpace, v.info.Name)
 		}
-	case mode == Writeback && !bypass:
+	case mode == Writeback && !bypass && !v.c.dirtyFull():
 		seq, err = v.writeCache(p, start, true)
 		if errors.Is(err, errCacheFull) {
 			v.stats.bypassed.Add(end - start)
@@ -514,3 +514,14 @@ func zeroDevice(dev device.Device, off, n int64) error {
 		return nil
 	})
 }
+
+// dirtyFull reports whether dirty data fills so much of the cache that new
+// writes must bypass it, leaving room for clean data, btree nodes and the
+// writeback of what is dirty (whose btree updates need nodes too).
+func (c *CacheSet) dirtyFull() bool {
+	st := c.alloc.Stats()
+	return st.Dirty >= st.Buckets*dirtyMaxPercent/100
+}
+
+// dirtyMaxPercent caps the buckets holding dirty data.
+const dirtyMaxPercent = 75
