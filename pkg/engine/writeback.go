@@ -71,8 +71,7 @@ func (wb *writeback) kick() {
 
 func (wb *writeback) start() {
 	if wb.v.info.Backing == BackingNone {
-		close(wb.done)
-		return
+		return // nothing to write back to
 	}
 	wb.started.Store(true)
 	go wb.run()
@@ -80,7 +79,9 @@ func (wb *writeback) start() {
 
 func (wb *writeback) stop() {
 	wb.once.Do(func() { close(wb.stopped) })
-	<-wb.done
+	if wb.started.Load() {
+		<-wb.done
+	}
 }
 
 // drain waits until the volume has no dirty data.
