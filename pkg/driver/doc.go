@@ -1,0 +1,2 @@
+// Package driver is the csi-cache CSI plugin.
+package driver
