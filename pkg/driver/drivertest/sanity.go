@@ -91,6 +91,24 @@ func RunSanity(t *testing.T, targets []SanityTarget) []SkippedSpec {
 	return skipped
 }
 
+// SanitySkipReasons are the reasons csi-sanity may skip a spec for: the
+// optional services and capabilities csi-cache does not provide.
+var SanitySkipReasons = []string{
+	"ControllerPublishVolume not supported",             // node-local volumes are attached by NodeStage
+	"ControllerUnpublishVolume not supported",           // idem
+	"Controller Publish, UnpublishVolume not supported", // idem (the volume lifecycle specs)
+	"ListSnapshots not supported",                       // no snapshots yet
+	"GetSnapshot not supported",
+	"DeleteSnapshot not supported",
+	"CreateSnapshot not supported",
+	"Snapshot not supported",
+	"Volume Cloning not supported",
+	"Modify volume not supported", // no VolumeAttributesClass support
+	"Modify Volume not supported",
+	"ControllerModifyVolume not supported",
+	"GroupControllerService not supported", // no group snapshots
+}
+
 // CheckSkipped fails t for every skipped spec whose reason is not one of
 // allowed (matched as a substring), and logs the skipped specs with their
 // reasons.
