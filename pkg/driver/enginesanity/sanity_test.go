@@ -1,4 +1,3 @@
-// cache engine (its own test binary: ginkgo runs one suite per process).
 package enginesanity
 
 import (
