@@ -23,7 +23,7 @@ bindir=$root/.cache/bin
 sanity=$bindir/csi-sanity
 
 # Install csi-sanity once (the .cache directory is ignored by git).
-if ! [ -x "$sanity" ] || ! "$sanity" -csi.version 2>/dev/null | grep -q "$SANITY_VERSION"; then
+if ! [ -x "$sanity" ] || ! "$GO" version -m "$sanity" 2>/dev/null | grep -q "csi-test/v5[[:space:]]*$SANITY_VERSION[[:space:]]"; then
   echo "csi-sanity.sh: installing csi-sanity $SANITY_VERSION into $bindir" >&2
   mkdir -p "$bindir"
   GOBIN=$bindir "$GO" install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$SANITY_VERSION"
@@ -32,8 +32,10 @@ fi
 echo "csi-sanity.sh: building csi-cache" >&2
 CGO_ENABLED=0 "$GO" build -o "$bindir/csi-cache" ./cmd/csi-cache
 
+keep=${CSI_CACHE_SANITY_DIR:+yes}
 work=${CSI_CACHE_SANITY_DIR:-$(mktemp -d /tmp/csi-cache-sanity.XXXXXX)}
 mkdir -p "$work"
+status=1
 sock=$work/csi.sock
 pid=
 
@@ -41,6 +43,12 @@ cleanup() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
     wait "$pid" || true
+  fi
+  # Keep the scratch directory (serve.log) when something failed.
+  if [ "$status" = 0 ] && [ -z "$keep" ]; then
+    rm -rf "$work"
+  elif [ "$status" != 0 ]; then
+    echo "csi-sanity.sh: kept $work (serve.log) for inspection" >&2
   fi
 }
 trap cleanup EXIT

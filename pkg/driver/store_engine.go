@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -137,7 +138,8 @@ type CacheDeviceOptions struct {
 // OpenCacheDevice opens the cache set on a block device or file, creating and
 // formatting it first when needed:
 //
-//   - a missing path is created as a sparse file of Size bytes;
+//   - a missing path is created as a sparse file of Size bytes (except
+//     under /dev/, where a missing path is a mistyped device);
 //   - a device or file whose superblock area is all zeroes (new, or wiped
 //     with blkdiscard) is formatted;
 //   - anything else is opened, so a device holding other data is refused
@@ -152,6 +154,9 @@ func OpenCacheDevice(o CacheDeviceOptions) (*engine.CacheSet, error) {
 	_, statErr := os.Stat(o.Path)
 	create := errors.Is(statErr, fs.ErrNotExist)
 	if create {
+		if strings.HasPrefix(filepath.Clean(o.Path), "/dev/") {
+			return nil, fmt.Errorf("cache set: block device %s does not exist", o.Path)
+		}
 		if o.Size <= 0 {
 			return nil, fmt.Errorf("cache set: %s does not exist and no size to create it with", o.Path)
 		}
