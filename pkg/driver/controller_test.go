@@ -79,6 +79,9 @@ func TestCreateVolumeValidation(t *testing.T) {
 		{"unknown backing", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"backing": "tape"} }, codes.InvalidArgument},
 		{"blockdev backing", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"backing": "blockdev"} }, codes.InvalidArgument},
 		{"cache-only", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"backing": "none"} }, codes.OK},
+		{"cache-only writethrough", func(r *csi.CreateVolumeRequest) {
+			r.Parameters = map[string]string{"backing": "none", "cacheMode": "writethrough"}
+		}, codes.InvalidArgument},
 		{"misspelt parameter", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"cachemode": "writeback"} }, codes.InvalidArgument},
 		{"CO parameters", func(r *csi.CreateVolumeRequest) {
 			r.Parameters = map[string]string{"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "default"}
@@ -178,6 +181,19 @@ func TestCreateVolumeIdempotent(t *testing.T) {
 	}
 	if n := len(h.Opts.Store.Volumes()); n != 1 {
 		t.Fatalf("%d volumes after the repeats", n)
+	}
+
+	// A cache-only volume is writeback whether or not the request says so.
+	for _, params := range []map[string]string{{"backing": "none"}, {"backing": "none", "cacheMode": "writeback"}, {"backing": "none"}} {
+		r := req(10*mib, params)
+		r.Name = "pvc-cache-only"
+		resp, err := h.Controller.CreateVolume(ctx, r)
+		if err != nil {
+			t.Fatalf("cache-only %v: %v", params, err)
+		}
+		if m := resp.GetVolume().GetVolumeContext()["cacheMode"]; m != "writeback" {
+			t.Fatalf("cache-only volume context cacheMode=%q", m)
+		}
 	}
 }
 

@@ -101,12 +101,14 @@ func parseParams(p map[string]string) (volumeParams, error) {
 	// Explicit defaults: the engine's enums start at 1.
 	vp := volumeParams{mode: engine.Writethrough, backing: engine.BackingFile}
 	var err error
+	modeGiven := false
 	for k, v := range p {
 		switch k {
 		case ParamCacheMode:
 			if vp.mode, err = engine.ParseCacheMode(v); err != nil {
 				return vp, invalidf("parameter %s: %v", k, err)
 			}
+			modeGiven = v != ""
 		case ParamBacking:
 			if vp.backing, err = engine.ParseBackingKind(v); err != nil {
 				return vp, invalidf("parameter %s: %v", k, err)
@@ -134,6 +136,14 @@ func parseParams(p map[string]string) (volumeParams, error) {
 					ParamCacheMode, ParamSequentialCutoff, ParamBacking, ParamFSType)
 			}
 		}
+	}
+	if vp.backing == engine.BackingNone {
+		// A cache-only volume's data is dirty for good: the engine records
+		// it as writeback, and any other mode is a contradiction.
+		if modeGiven && vp.mode != engine.Writeback {
+			return vp, invalidf("parameter %s=%s: a cache-only volume (%s=none) is always writeback", ParamCacheMode, vp.mode, ParamBacking)
+		}
+		vp.mode = engine.Writeback
 	}
 	return vp, nil
 }

@@ -16,7 +16,7 @@ func TestSanity(t *testing.T) {
 		{Name: "memstore/mount", Access: "mount", Start: start},
 		{Name: "memstore/block", Access: "block", Start: start},
 		{Name: "memstore/mount/cache-only", Access: "mount", Start: start,
-			Params: map[string]string{"backing": "none", "cacheMode": "writeback", "sequentialCutoff": "0"}},
+			Params: map[string]string{"backing": "none", "sequentialCutoff": "0"}},
 	})
 	drivertest.CheckSkipped(t, skipped, drivertest.SanitySkipReasons)
 }

@@ -63,6 +63,19 @@ func (s *MemStore) CreateVolume(spec engine.VolumeSpec) (driver.Volume, error) {
 	case spec.Backing == engine.BackingBlockDev && spec.BackingPath == "":
 		return nil, fmt.Errorf("%w: blockdev backing without a path", engine.ErrInvalid)
 	}
+	// The engine's defaults and rules.
+	if spec.Mode == 0 {
+		spec.Mode = engine.Writethrough
+	}
+	if spec.Backing == 0 {
+		spec.Backing = engine.BackingFile
+	}
+	if spec.Backing == engine.BackingNone {
+		spec.Mode = engine.Writeback
+	}
+	if spec.SeqCutoff == 0 {
+		spec.SeqCutoff = engine.DefaultSeqCutoff
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.vols[spec.Name]; ok {

@@ -19,7 +19,7 @@ func TestSanityEngine(t *testing.T) {
 		{Name: "engine/mount", Access: "mount", Start: start},
 		{Name: "engine/block", Access: "block", Start: start},
 		{Name: "engine/mount/cache-only", Access: "mount", Start: start,
-			Params: map[string]string{"backing": "none", "cacheMode": "writeback", "sequentialCutoff": "0"}},
+			Params: map[string]string{"backing": "none", "sequentialCutoff": "0"}},
 	})
 	drivertest.CheckSkipped(t, skipped, drivertest.SanitySkipReasons)
 }
