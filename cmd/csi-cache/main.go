@@ -31,7 +31,7 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"serve":   {"run the CSI plugin (Identity, Controller and Node services)", notYet("serve")},
+		"serve":   {"run the CSI plugin (Identity, Controller and Node services)", runServe},
 		"export":  {"serve one volume of a cache set over NBD (no Kubernetes)", runExport},
 		"inspect": {"print the superblock, journal, btree and volumes of a cache set", notYet("inspect")},
 		"check":   {"offline consistency check of a cache set", notYet("check")},

@@ -19,7 +19,7 @@ func TestRunDispatch(t *testing.T) {
 		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantErr: `unknown command "frobnicate"`},
 		{name: "version", args: []string{"version"}, wantCode: 0, wantOut: "csi-cache dev"},
 		{name: "version bad flag", args: []string{"version", "-nope"}, wantCode: 1, wantErr: "flag provided but not defined"},
-		{name: "serve not built", args: []string{"serve"}, wantCode: 1, wantErr: "not implemented yet"},
+		{name: "serve bad flag", args: []string{"serve", "-nope"}, wantCode: 1, wantErr: "flag provided but not defined"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
