@@ -1,37 +1,234 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/csi-cache/csi-cache/pkg/driver"
+	"github.com/csi-cache/csi-cache/pkg/engine"
+	"github.com/csi-cache/csi-cache/pkg/nbd"
 )
 
 // exportConfig is the configuration of `csi-cache export`.
 type exportConfig struct {
-	dataDir    string
-	cacheSize  string
-	volumeName string
-	volumeSize string
-	socket     string
+	dataDir     string
+	cacheDevice string
+	cacheSize   string
+	volumeName  string
+	volumeSize  string
+	mode        string
+	backing     string
+	seqCutoff   string
+	socket      string
+	tcp         string
+	tcpRemote   bool
+	readOnly    bool
+	policy      string
+
+	// ready, if set, is called with the export URI once it is served (tests).
+	ready func(uri string)
 }
 
-func runExport(args []string, stdout, stderr io.Writer) error {
+func parseExportFlags(args []string, stderr io.Writer) (exportConfig, error) {
 	fs := newFlagSet("export", stderr)
 	var c exportConfig
-	fs.StringVar(&c.dataDir, "data-dir", "csi-cache-data", "directory holding the embedded cache file, backing files and sockets")
-	fs.StringVar(&c.cacheSize, "cache-size", "1GiB", "size of the sparse cache file created in -data-dir when it does not exist")
-	fs.StringVar(&c.volumeName, "volume", "vol0", "name of the volume to create or open")
-	fs.StringVar(&c.volumeSize, "size", "1GiB", "size of the volume when it is created")
-	fs.StringVar(&c.socket, "socket", "", "unix socket to listen on (default <data-dir>/<volume>.sock)")
+	fs.StringVar(&c.dataDir, "data-dir", "csi-cache-data", "directory of the embedded default: cache file, backing files and socket")
+	fs.StringVar(&c.cacheDevice, "cache-device", "", "cache device: a block device or a file (default <data-dir>/cache.img; a missing file is created sparse with -cache-size and formatted)")
+	fs.StringVar(&c.cacheSize, "cache-size", "1Gi", "size of the cache file created when it does not exist (bytes or a quantity: 1Gi, 500M)")
+	fs.StringVar(&c.volumeName, "volume", "vol0", "name of the volume to serve; created if it does not exist")
+	fs.StringVar(&c.volumeSize, "size", "1Gi", "size of the volume when it is created (an existing volume keeps its size unless this is larger: then it grows)")
+	fs.StringVar(&c.mode, "mode", "writethrough", "cache mode: writethrough, writeback, writearound or none (applied to an existing volume too)")
+	fs.StringVar(&c.backing, "backing", "file", "backing store of a new volume: file (a sparse file in <data-dir>/backing) or none (cache-only)")
+	fs.StringVar(&c.seqCutoff, "sequential-cutoff", "4Mi", "sequential streams longer than this bypass the cache; 0 disables the cutoff")
+	fs.StringVar(&c.socket, "socket", "", "unix socket to serve on (default <data-dir>/<volume>.sock)")
+	fs.StringVar(&c.tcp, "tcp", "", "also serve on this TCP address (host:port, loopback only unless -tcp-allow-remote)")
+	fs.BoolVar(&c.tcpRemote, "tcp-allow-remote", false, "allow a non-loopback -tcp address (NBD has no authentication: trusted networks only)")
+	fs.BoolVar(&c.readOnly, "read-only", false, "export the volume read-only")
+	fs.StringVar(&c.policy, "policy", "lru", "replacement policy of the cache: lru or slru")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if c.cacheDevice == "" {
+		c.cacheDevice = filepath.Join(c.dataDir, "cache.img")
 	}
 	if c.socket == "" {
 		c.socket = filepath.Join(c.dataDir, c.volumeName+".sock")
 	}
-	fmt.Fprintf(stdout, "csi-cache export (plan; the NBD export is not built yet):\n")
-	fmt.Fprintf(stdout, "  cache set: %s (sparse file, %s)\n", filepath.Join(c.dataDir, "cache.img"), c.cacheSize)
-	fmt.Fprintf(stdout, "  volume:    %s (%s, backing file in %s)\n", c.volumeName, c.volumeSize, filepath.Join(c.dataDir, "backing"))
-	fmt.Fprintf(stdout, "  export:    nbd+unix:///%s?socket=%s\n", c.volumeName, c.socket)
-	return fmt.Errorf("export: %w", errNotImplemented)
+	return c, nil
+}
+
+func runExport(args []string, stdout, stderr io.Writer) error {
+	c, err := parseExportFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return export(ctx, c, stdout)
+}
+
+// exportURI is the standard NBD URI of a unix-socket export.
+func exportURI(name, socket string) string {
+	if abs, err := filepath.Abs(socket); err == nil {
+		socket = abs
+	}
+	return fmt.Sprintf("nbd+unix:///%s?socket=%s", name, socket)
+}
+
+// export serves one volume of a cache set over NBD until ctx ends, then drains
+// the requests in flight, flushes and closes the cache set.
+func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
+	cacheSize, err := driver.ParseSize(c.cacheSize)
+	if err != nil {
+		return fmt.Errorf("-cache-size: %w", err)
+	}
+	volSize, err := driver.ParseSize(c.volumeSize)
+	if err != nil {
+		return fmt.Errorf("-size: %w", err)
+	}
+	mode, err := engine.ParseCacheMode(c.mode)
+	if err != nil {
+		return fmt.Errorf("-mode: %w", err)
+	}
+	backing, err := engine.ParseBackingKind(c.backing)
+	if err != nil {
+		return fmt.Errorf("-backing: %w", err)
+	}
+	if backing == engine.BackingBlockDev {
+		return errors.New("-backing: blockdev is not supported by export; use file or none")
+	}
+	cutoff, err := driver.ParseSize(c.seqCutoff)
+	if err != nil {
+		return fmt.Errorf("-sequential-cutoff: %w", err)
+	}
+	seqCutoff := uint64(cutoff)
+	if cutoff == 0 {
+		seqCutoff = engine.NoSeqCutoff
+	}
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "csi-cache export: opening the cache set %s\n", c.cacheDevice)
+	start := time.Now()
+	cs, err := driver.OpenCacheDevice(driver.CacheDeviceOptions{
+		Path: c.cacheDevice,
+		Size: cacheSize,
+		Config: engine.Config{
+			BackingDir: filepath.Join(c.dataDir, "backing"),
+			Policy:     c.policy,
+			Logf:       func(format string, args ...any) { klog.InfoDepth(1, fmt.Sprintf(format, args...)) },
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintf(stdout, "csi-cache export: closing the cache set\n")
+		if cerr := cs.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing the cache set: %w", cerr)
+		}
+	}()
+	st := cs.Stats()
+	fmt.Fprintf(stdout, "csi-cache export: cache set open in %v: %d buckets of %d KiB, %d volume(s)\n",
+		time.Since(start).Round(time.Millisecond), st.Buckets, st.BucketSize>>10, st.Volumes)
+
+	v, err := cs.Volume(c.volumeName)
+	switch {
+	case errors.Is(err, engine.ErrNoVolume):
+		v, err = cs.CreateVolume(engine.VolumeSpec{
+			Name: c.volumeName, Size: uint64(volSize), Mode: mode, Backing: backing, SeqCutoff: seqCutoff,
+		})
+		if err != nil {
+			return fmt.Errorf("create volume %q: %w", c.volumeName, err)
+		}
+		fmt.Fprintf(stdout, "csi-cache export: created volume %q (%d bytes, %s, backing %s)\n", c.volumeName, volSize, mode, backing)
+	case err != nil:
+		return err
+	default:
+		info := v.Info()
+		if uint64(volSize) > info.Size {
+			if err := v.Resize(uint64(volSize)); err != nil {
+				return fmt.Errorf("grow volume %q: %w", c.volumeName, err)
+			}
+			fmt.Fprintf(stdout, "csi-cache export: grew volume %q from %d to %d bytes\n", c.volumeName, info.Size, volSize)
+		}
+		if info.Mode != mode && info.Backing != engine.BackingNone {
+			fmt.Fprintf(stdout, "csi-cache export: switching volume %q from %s to %s\n", c.volumeName, info.Mode, mode)
+			if err := v.SetCacheMode(mode); err != nil {
+				return fmt.Errorf("switch cache mode: %w", err)
+			}
+		}
+		info = v.Info()
+		fmt.Fprintf(stdout, "csi-cache export: opened volume %q (%d bytes, %s, backing %s, %d bytes dirty)\n",
+			c.volumeName, info.Size, info.Mode, info.Backing, info.Stats.DirtyBytes)
+	}
+	if err := v.Health(); err != nil {
+		return fmt.Errorf("volume %q is not healthy: %w", c.volumeName, err)
+	}
+
+	srv := nbd.NewServer(nbd.Options{})
+	if err := srv.AddExport(c.volumeName, v, c.readOnly); err != nil {
+		return err
+	}
+	var listeners []net.Listener
+	ul, err := nbd.ListenUnix(c.socket)
+	if err != nil {
+		return err
+	}
+	listeners = append(listeners, ul)
+	if c.tcp != "" {
+		tl, err := nbd.ListenTCP(c.tcp, nbd.TCPOptions{AllowNonLoopback: c.tcpRemote})
+		if err != nil {
+			ul.Close()
+			return err
+		}
+		listeners = append(listeners, tl)
+	}
+	serveErr := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() { serveErr <- srv.Serve(l) }()
+	}
+	uri := exportURI(c.volumeName, c.socket)
+	fmt.Fprintf(stdout, "csi-cache export: serving %s\n", uri)
+	if c.tcp != "" {
+		fmt.Fprintf(stdout, "csi-cache export: serving nbd://%s/%s\n", listeners[1].Addr(), c.volumeName)
+	}
+	fmt.Fprintf(stdout, "  try: nbdinfo '%s'\n  stop with Ctrl-C (SIGINT) or SIGTERM: requests in flight finish and the volume is flushed\n", uri)
+	if c.ready != nil {
+		c.ready(uri)
+	}
+
+	select {
+	case <-ctx.Done():
+		fmt.Fprintf(stdout, "csi-cache export: shutting down\n")
+	case err := <-serveErr:
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			klog.ErrorS(err, "NBD server stopped")
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		klog.ErrorS(err, "NBD server shutdown")
+	}
+	if err := v.Flush(); err != nil {
+		return fmt.Errorf("flush volume %q: %w", c.volumeName, err)
+	}
+	s := v.Stats()
+	fmt.Fprintf(stdout, "csi-cache export: volume %q: %d reads, %d writes, hit ratio %.2f, %d bytes dirty\n",
+		c.volumeName, s.ReadOps, s.WriteOps, s.HitRatio(), s.DirtyBytes)
+	return nil
 }

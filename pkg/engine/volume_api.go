@@ -1,9 +1,9 @@
 package engine
 
 import (
-	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/ondisk"
@@ -92,23 +92,34 @@ func ParseBackingKind(s string) (BackingKind, error) {
 // than this bypasses the cache (bcache's sequential_cutoff).
 const DefaultSeqCutoff = 4 << 20
 
-// Errors of the volume API. Callers test them with errors.Is.
+// Errors of the volume API. Callers test them with errors.Is. Each also wraps
+// the errno a block device would return (errors.As finds a syscall.Errno), so
+// that an NBD server maps them without knowing the engine.
 var (
 	// ErrInvalid: an argument is out of range or malformed.
-	ErrInvalid = errors.New("engine: invalid argument")
+	ErrInvalid error = &errnoError{"engine: invalid argument", syscall.EINVAL}
 	// ErrNoVolume: no volume has that name.
-	ErrNoVolume = errors.New("engine: no such volume")
+	ErrNoVolume error = &errnoError{"engine: no such volume", syscall.ENOENT}
 	// ErrVolumeExists: a volume of that name exists.
-	ErrVolumeExists = errors.New("engine: volume exists")
+	ErrVolumeExists error = &errnoError{"engine: volume exists", syscall.EEXIST}
 	// ErrNoSpace: the cache set cannot hold another volume, or the backing
 	// store has no room.
-	ErrNoSpace = errors.New("engine: no space")
+	ErrNoSpace error = &errnoError{"engine: no space", syscall.ENOSPC}
 	// ErrIO: a device returned an error the volume could not work around (for
 	// example a cache read error on dirty data).
-	ErrIO = errors.New("engine: io error")
+	ErrIO error = &errnoError{"engine: io error", syscall.EIO}
 	// ErrVolumeClosed: the volume was deleted or its cache set closed.
-	ErrVolumeClosed = errors.New("engine: volume closed")
+	ErrVolumeClosed error = &errnoError{"engine: volume closed", syscall.ESHUTDOWN}
 )
+
+// errnoError is an engine error that wraps an errno.
+type errnoError struct {
+	msg   string
+	errno syscall.Errno
+}
+
+func (e *errnoError) Error() string { return e.msg }
+func (e *errnoError) Unwrap() error { return e.errno }
 
 // VolumeSpec describes a volume to create.
 type VolumeSpec struct {
