@@ -12,7 +12,7 @@ FUZZTIME    ?= 10s
 # Test timeout for one package under -race on a 2-core machine.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build run test test-short lint bench fuzz stress e2e deps clean
+.PHONY: help build run test test-short lint bench fuzz stress e2e deps clean chart-test helm-lint deploy image sanity
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -26,8 +26,9 @@ run: build ## the main job on the embedded default: export a volume of a sparse 
 deps: ## install the Debian packages the tests use (fast when present)
 	./hack/deps.sh
 
-test: deps ## unit + integration tests: -race, invariants tag, summary line at the end
-	set -o pipefail; CSI_CACHE_REQUIRE_TOOLS=1 $(GO) test -race -tags invariants -count=1 -timeout $(TEST_TIMEOUT) -json ./... \
+test: deps ## unit + integration tests (main module and the chart tests): -race, invariants tag, summary line at the end
+	set -o pipefail; { CSI_CACHE_REQUIRE_TOOLS=1 $(GO) test -race -tags invariants -count=1 -timeout $(TEST_TIMEOUT) -json ./...; \
+		(cd test/chart && $(GO) test -race -tags invariants -count=1 -timeout $(TEST_TIMEOUT) -json ./...); } \
 		| $(GO) run ./hack/testsummary
 
 test-short: ## quick tests without -race (for the edit-compile loop)
@@ -41,6 +42,22 @@ lint: ## gofmt, go vet, staticcheck (pinned), project rules
 	$(GO) run $(STATICCHECK) ./...
 	$(GO) run $(STATICCHECK) -tags invariants ./...
 	$(GO) test -count=1 ./internal/lint/
+	cd test/chart && $(GO) vet ./... && $(GO) run $(STATICCHECK) ./...
+
+chart-test: ## render the Helm chart with Helm's Go SDK and check every object (nested module test/chart)
+	cd test/chart && $(GO) test -race -tags invariants -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+helm-lint: ## helm lint --strict of the chart with each ci values file (builds the pinned helm into .cache/bin once)
+	./hack/helm-lint.sh
+
+deploy: ## regenerate deploy/csi-cache.yaml from the chart
+	./hack/chart-render.sh
+
+image: ## build the container image (needs docker with BuildKit; not available on the dev machines)
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t csi-cache:$(VERSION) .
+
+sanity: build ## csi-sanity v5.6.0 against the built `csi-cache serve` (Node specs need the nbd driver: all of them run in the VM)
+	./hack/csi-sanity.sh
 
 bench: ## benchmarks of every package (go test -bench)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
