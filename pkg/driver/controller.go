@@ -9,6 +9,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"k8s.io/klog/v2"
+
 	"github.com/csi-cache/csi-cache/pkg/engine"
 )
 
@@ -210,6 +212,13 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 	}
 	defer unlock()
 	v, err := d.cfg.Store.Volume(id)
+	if errors.Is(err, engine.ErrNoVolume) {
+		// The external-resizer runs beside every node plugin and only its
+		// leader calls this, so the volume usually lives on another node:
+		// the node plugin that has it grows it in NodeExpandVolume.
+		klog.V(2).InfoS("ControllerExpandVolume for a volume not on this node; leaving the growth to NodeExpandVolume", "volume", id, "bytes", size)
+		return &csi.ControllerExpandVolumeResponse{CapacityBytes: size, NodeExpansionRequired: true}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
