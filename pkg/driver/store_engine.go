@@ -164,9 +164,12 @@ func OpenCacheDevice(o CacheDeviceOptions) (*engine.CacheSet, error) {
 			return nil, fmt.Errorf("cache set: %w", err)
 		}
 	}
-	dev, err := device.OpenFile(o.Path, device.FileOptions{Create: create, Size: o.Size})
+	dev, err := device.OpenFile(o.Path, device.FileOptions{Create: create, Size: o.Size, Direct: true})
 	if err != nil {
 		return nil, fmt.Errorf("cache set: %w", err)
+	}
+	if !dev.DirectIO() {
+		klog.InfoS("The cache device's filesystem refuses O_DIRECT; using buffered IO (the page cache holds a second copy of cached data)", "path", o.Path)
 	}
 	blank, err := superblockAreaBlank(dev)
 	if err != nil {

@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrUnaligned is returned by a File opened with direct IO for an offset, length
-// or buffer that is not aligned to SectorSize.
+// ErrUnaligned is returned by a File opened with direct IO for an offset or
+// length that is not a multiple of SectorSize.
 var ErrUnaligned = errors.New("device: unaligned direct io")
 
 // FileOptions configure OpenFile.
@@ -29,8 +29,10 @@ type FileOptions struct {
 	// Direct asks for O_DIRECT, bypassing the page cache. Filesystems that refuse it
 	// (EINVAL at open or on a first aligned read, e.g. tmpfs before Linux 6.6) get
 	// buffered IO instead; DirectIO reports which one the File uses. With direct
-	// IO, offsets, lengths and buffers must be aligned to SectorSize (AlignedBuffer
-	// and BufferPool give aligned buffers; 4 KiB-sector devices need 4 KiB).
+	// IO, offsets and lengths must be multiples of SectorSize (4 KiB-sector
+	// devices need 4 KiB); a buffer whose memory is not aligned is copied through
+	// an aligned one (AlignedBuffer and BufferPool give aligned buffers, which
+	// avoids the copy).
 	Direct bool
 	// ReadOnly opens the device read-only: writes, discards and truncation fail
 	// with ErrReadOnly.
@@ -254,6 +256,15 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 	if err := d.checkIO(OpRead, p, off); err != nil {
 		return 0, err
 	}
+	if d.direct && !sectorAligned(p) {
+		b := AlignedBuffer(len(p))
+		n, err := d.f.ReadAt(b, off)
+		copy(p, b[:n])
+		if err != nil {
+			return n, d.errorf(OpRead, off, int64(len(p)), err)
+		}
+		return n, nil
+	}
 	n, err := d.f.ReadAt(p, off)
 	if err != nil {
 		return n, d.errorf(OpRead, off, int64(len(p)), err)
@@ -261,10 +272,20 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// sectorAligned reports whether p's memory is aligned for direct IO.
+func sectorAligned(p []byte) bool {
+	return uintptr(unsafe.Pointer(unsafe.SliceData(p)))%SectorSize == 0
+}
+
 // WriteAt writes p at off.
 func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	if err := d.checkIO(OpWrite, p, off); err != nil {
 		return 0, err
+	}
+	if d.direct && !sectorAligned(p) {
+		b := AlignedBuffer(len(p))
+		copy(b, p)
+		p = b
 	}
 	n, err := d.f.WriteAt(p, off)
 	if err != nil {
@@ -284,8 +305,7 @@ func (d *File) checkIO(op Op, p []byte, off int64) error {
 	if err := checkRange(off, n, d.size.Load()); err != nil {
 		return d.errorf(op, off, n, err)
 	}
-	if d.direct && (off%SectorSize != 0 || n%SectorSize != 0 ||
-		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%SectorSize != 0) {
+	if d.direct && (off%SectorSize != 0 || n%SectorSize != 0) {
 		return d.errorf(op, off, n, ErrUnaligned)
 	}
 	return nil
