@@ -144,22 +144,32 @@ func DevicePath(index int) string { return fmt.Sprintf("/dev/nbd%d", index) }
 type Attachment struct {
 	srv       *Server
 	export    string
-	index     int
 	opts      AttachOptions // defaults applied
 	blockSize uint64
 
 	wg sync.WaitGroup // one per serving goroutine
 
 	mu       sync.Mutex // guards the fields below
+	index    int        // -1 until CONNECT returns
 	conns    []net.Conn // server ends of the sockets the kernel holds
 	detached bool
 }
 
 // Device returns the device node, "/dev/nbdN".
-func (a *Attachment) Device() string { return DevicePath(a.index) }
+func (a *Attachment) Device() string { return DevicePath(a.Index()) }
 
 // Index returns the device number N of /dev/nbdN.
-func (a *Attachment) Index() int { return a.index }
+func (a *Attachment) Index() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.index
+}
+
+func (a *Attachment) setIndex(i int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.index = i
+}
 
 // Export returns the name of the attached export.
 func (a *Attachment) Export() string { return a.export }

@@ -73,7 +73,7 @@ func (s *Server) Attach(export string, opts AttachOptions) (*Attachment, error) 
 		a.abort()
 		return nil, fmt.Errorf("nbd: attach export %q: %w", export, err)
 	}
-	a.index = idx
+	a.setIndex(idx)
 	klog.V(1).InfoS("nbd: attached", "export", export, "device", a.Device(),
 		"connections", a.opts.Connections, "size", info.Size, "blockSize", a.blockSize)
 	return a, nil
@@ -99,7 +99,7 @@ func (s *Server) Reattach(export string, index int, opts AttachOptions) (*Attach
 	if err != nil {
 		return nil, fmt.Errorf("nbd: reattach export %q to %s: %w", export, DevicePath(index), err)
 	}
-	a.index = index
+	a.setIndex(index)
 	wrap := func(err error) error {
 		return fmt.Errorf("nbd: reattach export %q to %s: %w", export, DevicePath(index), err)
 	}
@@ -142,6 +142,9 @@ func (s *Server) Reattach(export string, index int, opts AttachOptions) (*Attach
 
 // newAttachment validates the options against the export.
 func (s *Server) newAttachment(export string, opts AttachOptions) (*Attachment, ExportInfo, error) {
+	if s.isClosed() {
+		return nil, ExportInfo{}, ErrServerClosed
+	}
 	info, err := s.ExportInfo(export)
 	if err != nil {
 		return nil, info, err
@@ -178,7 +181,7 @@ func (a *Attachment) reconfigureNewPairs(kc kernelClient, n int, size uint64) er
 		return err
 	}
 	err = kc.Reconfigure(netlink.Config{
-		Index:             a.index,
+		Index:             a.Index(),
 		Sockets:           kernel,
 		SizeBytes:         size,
 		Timeout:           a.opts.Timeout,
@@ -219,8 +222,11 @@ func (a *Attachment) serve(c net.Conn) {
 		if a.isDetached() {
 			return
 		}
-		// The kernel shut the socket down (request timeout or DISCONNECT
-		// by someone else), or the export or server went away.
+		if err == nil {
+			// The kernel shut the socket down: a request timed out, or
+			// someone else disconnected the device.
+			err = errors.New("closed by the kernel")
+		}
 		klog.InfoS("nbd: kernel connection ended", "device", a.Device(), "export", a.export, "err", err)
 	}()
 }
@@ -251,7 +257,7 @@ func (a *Attachment) Resize(size int64) error {
 	}
 	defer kc.Close()
 	if err := kc.Reconfigure(netlink.Config{
-		Index:             a.index,
+		Index:             a.Index(),
 		SizeBytes:         uint64(size),
 		BackendIdentifier: a.export,
 	}); err != nil {
@@ -284,7 +290,7 @@ func (a *Attachment) Detach() error {
 		return fmt.Errorf("nbd: detach %s: %w", a.Device(), err)
 	}
 	defer kc.Close()
-	if err := kc.Disconnect(a.index); err != nil {
+	if err := kc.Disconnect(a.Index()); err != nil {
 		undo()
 		return fmt.Errorf("nbd: detach %s: %w", a.Device(), err)
 	}
@@ -301,10 +307,14 @@ func DeviceConnected(index int) (bool, error) {
 	}
 	kc, err := dialKernel()
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("nbd: status of %s: %w", DevicePath(index), err)
 	}
 	defer kc.Close()
-	return kc.Connected(index)
+	ok, err := kc.Connected(index)
+	if err != nil {
+		return false, fmt.Errorf("nbd: status of %s: %w", DevicePath(index), err)
+	}
+	return ok, nil
 }
 
 // newPairs makes n socket pairs.

@@ -447,3 +447,15 @@ func TestReattachPartial(t *testing.T) {
 		t.Fatal("reattached another export")
 	}
 }
+
+func TestAttachClosedServer(t *testing.T) {
+	installFakeKernel(t)
+	s, _ := newTestServer(t, Options{})
+	shutdownAndCheck(t, s)
+	if _, err := s.Attach("disk", AttachOptions{}); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Attach on a closed server: %v", err)
+	}
+	if _, err := s.Reattach("disk", 0, AttachOptions{}); !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Reattach on a closed server: %v", err)
+	}
+}
