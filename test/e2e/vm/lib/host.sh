@@ -86,10 +86,10 @@ e2e_base() {
   local key
   key=$( { echo "$KVER"; cat "$VM_DIR/lib/build-base.sh";
            dpkg-query -W -f='${Package}=${Version}\n' "${E2E_PACKAGES[@]}"; } | sha256sum | cut -c1-16)
-  BASE_INITRD=$E2E_CACHE/initrd/base-$key.cpio.gz
+  BASE_INITRD=$E2E_CACHE/initrd/base-$key.cpio
   if [ ! -f "$BASE_INITRD" ]; then
     e2e_log "building base initramfs ($key)"
-    rm -f "$E2E_CACHE"/initrd/base-*.cpio.gz
+    rm -f "$E2E_CACHE"/initrd/base-*
     "$VM_DIR/lib/build-base.sh" "$KVER" "$KROOT" "$BASE_INITRD" >&2
   fi
 }
