@@ -68,6 +68,18 @@ dump_state() {
   dmesg | tail -n +$((_mark + 1)) | awk '/state:D/ { d = 1 } /Showing busy workqueues/ { w = 1 } d || w' | head -n 150
 }
 
+# nbd_prewarm attaches and detaches a small 1-connection device so that the
+# kernel's workqueue pool for nbd's receive loops has two idle kworkers
+# before a scenario attaches a 2-connection device (see README.md: under
+# TCG, creating a kworker is slow enough for the rescuer to take both
+# receive loops and run them one after the other).
+nbd_prewarm() {
+  start_serve /run/prewarm.ctl -mem -size 1M -connections 1 -export prewarm > /dev/null
+  e2e-nbd ctl -ctl /run/prewarm.ctl detach > /dev/null
+  wait "$SERVE_PID"
+  rm -f /run/prewarm.ctl /run/prewarm.ctl.log
+}
+
 # watch_nbd_timeouts runs in the background for the whole scenario (started
 # by init): the first time the kernel logs an NBD request timeout it calls
 # dump_state, while the stuck state may still be there.
