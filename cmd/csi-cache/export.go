@@ -34,6 +34,9 @@ type exportConfig struct {
 	tcpRemote   bool
 	readOnly    bool
 	policy      string
+	attach      bool
+	connections int
+	deadConn    time.Duration
 
 	// ready, if set, is called with the export URI once it is served (tests).
 	ready func(uri string)
@@ -55,6 +58,9 @@ func parseExportFlags(args []string, stderr io.Writer) (exportConfig, error) {
 	fs.BoolVar(&c.tcpRemote, "tcp-allow-remote", false, "allow a non-loopback -tcp address (NBD has no authentication: trusted networks only)")
 	fs.BoolVar(&c.readOnly, "read-only", false, "export the volume read-only")
 	fs.StringVar(&c.policy, "policy", "lru", "replacement policy of the cache: lru or slru")
+	fs.BoolVar(&c.attach, "attach", false, "also attach the export to a kernel device /dev/nbdN over netlink (needs root and the nbd module); detached on exit")
+	fs.IntVar(&c.connections, "connections", nbd.DefaultConnections, "sockets between the kernel device and the server with -attach")
+	fs.DurationVar(&c.deadConn, "dead-conn-timeout", nbd.DefaultDeadConnTimeout, "with -attach: how long the kernel keeps the device waiting for a restarted server")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -207,6 +213,15 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 		fmt.Fprintf(stdout, "csi-cache export: serving nbd://%s/%s\n", listeners[1].Addr(), c.volumeName)
 	}
 	fmt.Fprintf(stdout, "  try: nbdinfo '%s'\n  stop with Ctrl-C (SIGINT) or SIGTERM: requests in flight finish and the volume is flushed\n", uri)
+	var att *nbd.Attachment
+	if c.attach {
+		att, err = srv.Attach(c.volumeName, nbd.AttachOptions{Connections: c.connections, DeadConnTimeout: c.deadConn})
+		if err != nil {
+			_ = srv.Shutdown(context.Background())
+			return fmt.Errorf("attach a kernel device: %w", err)
+		}
+		fmt.Fprintf(stdout, "csi-cache export: attached %s (%d connections)\n", att.Device(), att.Connections())
+	}
 	if c.ready != nil {
 		c.ready(uri)
 	}
@@ -217,6 +232,12 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 	case err := <-serveErr:
 		if err != nil && !errors.Is(err, net.ErrClosed) {
 			klog.ErrorS(err, "NBD server stopped")
+		}
+	}
+	if att != nil {
+		fmt.Fprintf(stdout, "csi-cache export: detaching %s\n", att.Device())
+		if err := att.Detach(); err != nil {
+			klog.ErrorS(err, "Detaching the kernel device", "device", att.Device())
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

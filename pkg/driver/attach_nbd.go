@@ -1,5 +1,3 @@
-//go:build nbdattach
-
 package driver
 
 import (
