@@ -184,7 +184,7 @@ func (wb *writeback) updateRate() {
 	target := cacheBytes * float64(c.cfg.WritebackPercent) / 100 / float64(max(c.dirtyVolumes(), 1))
 	dirty := float64(v.dirty.Load()) * sectorSize
 	// Nearly out of space for new dirty data: write back at full speed.
-	if st.Free+st.Data-st.Dirty < int(c.layout.NBuckets)/16 {
+	if st.Free+st.Pending+st.Data-st.Dirty < int(c.layout.NBuckets)/16 {
 		wb.rateBits.Store(math.Float64bits(writebackMaxRate))
 		return
 	}
@@ -240,9 +240,21 @@ func (wb *writeback) pass() (uint64, error) {
 		}
 	}
 	wb.cursor = next
+	// Below full speed a pass writes about one tick's worth of the rate (at
+	// least one extent), so the controller's rate holds from the first pass.
+	budget := uint64(math.MaxUint64)
+	if r := wb.rate(); r < writebackMaxRate {
+		budget = uint64(max(r*writebackUpdateTick.Seconds(), writebackMinRate))
+	}
 	var done []bkey.Key
 	var firstErr error
-	for _, k := range keys {
+	var batch uint64
+	for i, k := range keys {
+		if i > 0 && batch >= budget {
+			wb.cursor = k.Start // the rest waits for the next pass
+			break
+		}
+		batch += uint64(k.Len) * sectorSize
 		ok, err := wb.writeOne(k)
 		if err != nil {
 			firstErr = err
