@@ -68,8 +68,8 @@ fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 stress: ## long randomized and crash tests (more iterations than make test)
 	CSI_CACHE_STRESS=1 $(GO) test -race -tags invariants -count=1 -timeout 60m ./pkg/engine/...
 
-e2e: ## end-to-end tests in a QEMU VM with the real kernel NBD driver (not built yet)
-	@echo "e2e: the VM harness (test/e2e/vm) is not built yet; nothing to run"
+e2e: ## end-to-end scenarios in a QEMU VM with the real kernel nbd driver (E2E="nbd-attach ..." picks some)
+	./hack/e2e.sh $(E2E)
 
 clean: ## remove build output
 	rm -rf bin
