@@ -13,8 +13,9 @@ import (
 // not wired yet (build with -tags nbdattach once pkg/nbd has Server.Attach):
 // Attach fails with netlink.ErrNoDriver when the kernel has no nbd driver, and
 // with a FailedPrecondition saying so otherwise. Connected answers from the
-// kernel's NBD status, so re-adoption logs what it finds.
-func NewNBDAttacher() Attacher { return stubAttacher{} }
+// kernel's NBD status, so re-adoption logs what it finds. The options are
+// unused: nothing is exported.
+func NewNBDAttacher(NBDOptions) Attacher { return stubAttacher{} }
 
 type stubAttacher struct{}
 
