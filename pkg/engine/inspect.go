@@ -362,7 +362,9 @@ func (in *inspector) finish() {
 }
 
 // copyState describes a copy from its decode error and the Picked result.
-func copyState(which ondisk.Copy, p ondisk.Picked, seq, otherSeq uint64) CopyState {
+// otherBuf is the raw bytes of the copy not picked (to tell a blank copy from a
+// damaged one).
+func copyState(which ondisk.Copy, p ondisk.Picked, seq, otherSeq uint64, otherBuf []byte) CopyState {
 	if which == p.Copy {
 		return CopyState{State: "current", Seq: seq}
 	}
@@ -371,7 +373,7 @@ func copyState(which ondisk.Copy, p ondisk.Picked, seq, otherSeq uint64) CopySta
 		return CopyState{State: "ok", Seq: otherSeq}
 	case p.OtherErr == nil:
 		return CopyState{State: "stale", Seq: otherSeq}
-	case strings.Contains(p.OtherErr.Error(), "never written"):
+	case allZero(otherBuf):
 		return CopyState{State: "blank"}
 	}
 	return CopyState{State: "bad", Error: p.OtherErr.Error()}
@@ -415,8 +417,8 @@ func (in *inspector) readSuperblock() error {
 		JournalSize:    sb.JournalSize,
 		BucketsOffset:  sb.BucketsOffset,
 	}
-	rep.CopyA = copyState(ondisk.CopyA, picked, sb.Seq, other.Seq)
-	rep.CopyB = copyState(ondisk.CopyB, picked, sb.Seq, other.Seq)
+	rep.CopyA = copyState(ondisk.CopyA, picked, sb.Seq, other.Seq, ofCopy(picked.Copy.Other(), a, b))
+	rep.CopyB = copyState(ondisk.CopyB, picked, sb.Seq, other.Seq, ofCopy(picked.Copy.Other(), a, b))
 	// Format writes both copies and nothing rewrites them: a bad one is damage.
 	for _, cs := range []struct {
 		c ondisk.Copy
@@ -446,6 +448,15 @@ func (in *inspector) readSuperblock() error {
 	in.layout, in.layoutOK = l, true
 	in.r.Superblock = rep
 	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // ofCopy returns a if c is copy A, else b.
@@ -492,8 +503,8 @@ func (in *inspector) readVolTable() {
 		otherSeq = ot.Seq
 	}
 	rep := &VolTableReport{Seq: t.Seq, Records: len(t.Volumes)}
-	rep.CopyA = copyState(ondisk.CopyA, picked, t.Seq, otherSeq)
-	rep.CopyB = copyState(ondisk.CopyB, picked, t.Seq, otherSeq)
+	rep.CopyA = copyState(ondisk.CopyA, picked, t.Seq, otherSeq, ofCopy(picked.Copy.Other(), a, b))
+	rep.CopyB = copyState(ondisk.CopyB, picked, t.Seq, otherSeq, ofCopy(picked.Copy.Other(), a, b))
 	if picked.OtherErr != nil {
 		if st := ofCopy(picked.Copy.Other(), rep.CopyA, rep.CopyB); st.State == "bad" {
 			// Each update goes to the copy not in use: a torn update leaves
@@ -543,7 +554,7 @@ func (in *inspector) readGens() {
 			rep.Unreadable++
 			continue
 		}
-		if picked.OtherErr != nil && !strings.Contains(picked.OtherErr.Error(), "never written") {
+		if picked.OtherErr != nil && !allZero(ofCopy(picked.Copy.Other(), a, b)) {
 			rep.OtherBad++
 		}
 		for i, g := range page.Gens {

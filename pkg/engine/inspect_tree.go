@@ -150,7 +150,8 @@ func (in *inspector) readNode(w *walkState, p pendingNode, level uint8) (n inspe
 		in.problem(SeverityError, "btree", off, "%s covers [%s, %s), its parent gives it [%s, %s)",
 			what, posText(hdr.MinPos), posText(hdr.MaxPos), posText(p.min), posText(p.max))
 	}
-	last, _, _, err := ondisk.DecodeBset(w.buf[end-ondisk.BsetSize(len(sets[len(sets)-1])):end], off, in.sb.SetMagic)
+	lastStart := end - ondisk.BsetSize(len(sets[len(sets)-1]))
+	last, _, _, err := ondisk.DecodeBset(w.buf[lastStart:end], off+int64(lastStart), in.sb.SetMagic)
 	if err != nil { // DecodeNodeLog decoded it; a bug if this fails
 		in.corruptProblem(SeverityError, "btree", err)
 	}
