@@ -205,3 +205,16 @@ func TestServeBadCacheSize(t *testing.T) {
 		t.Fatalf("serve with -cache-size=lots: %v", err)
 	}
 }
+
+// TestServeNoMetrics: an empty --metrics-address serves no metrics.
+func TestServeNoMetrics(t *testing.T) {
+	c := testServeConfig(t)
+	c.metricsAddress = ""
+	_, metricsAddr, stop := startServe(t, c)
+	if metricsAddr != nil {
+		t.Fatalf("metrics served on %v", metricsAddr)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
