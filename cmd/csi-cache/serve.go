@@ -6,17 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 
 	"github.com/csi-cache/csi-cache/pkg/driver"
 	"github.com/csi-cache/csi-cache/pkg/engine"
+	"github.com/csi-cache/csi-cache/pkg/metrics"
 )
 
 // serveConfig is the configuration of `csi-cache serve` (docs/serve.md).
@@ -107,14 +107,26 @@ func serve(ctx context.Context, c serveConfig) (err error) {
 			err = fmt.Errorf("closing the cache set: %w", cerr)
 		}
 	}()
+	// Metrics: the cache set and its volumes, the NBD exports and the CSI
+	// calls, on a registry with the Go runtime and process metrics.
+	reg := metrics.NewRegistry()
+	var nbdMetrics *metrics.NBDCollector
+	var interceptors []grpc.UnaryServerInterceptor
+	if c.metricsAddress != "" {
+		nbdMetrics = metrics.NewNBDCollector()
+		csiMetrics := metrics.NewCSIMetrics()
+		reg.MustRegister(metrics.NewEngineCollector(cs), nbdMetrics, csiMetrics)
+		interceptors = append(interceptors, csiMetrics.UnaryServerInterceptor())
+	}
 	d, err := driver.New(driver.Config{
-		Name:       c.driverName,
-		NodeID:     c.nodeID,
-		MaxVolumes: c.maxVolumes,
-		StateDir:   c.stateDir,
-		Store:      driver.NewEngineStore(cs, c.backingDir),
-		Attacher:   driver.NewNBDAttacher(),
-		Mounter:    driver.NewMounter(),
+		Name:              c.driverName,
+		NodeID:            c.nodeID,
+		MaxVolumes:        c.maxVolumes,
+		StateDir:          c.stateDir,
+		Store:             driver.NewEngineStore(cs, c.backingDir),
+		Attacher:          driver.NewNBDAttacher(driver.NBDOptions{Metrics: nbdMetrics}),
+		Mounter:           driver.NewMounter(),
+		UnaryInterceptors: interceptors,
 	})
 	if err != nil {
 		return err
@@ -124,23 +136,17 @@ func serve(ctx context.Context, c serveConfig) (err error) {
 		d.Stop()
 		return err
 	}
-	var metrics *http.Server
+	var ms *metrics.Server
 	var metricsAddr net.Addr
 	if c.metricsAddress != "" {
-		ml, err := net.Listen("tcp", c.metricsAddress)
-		if err != nil {
+		if ms, err = metrics.Listen(c.metricsAddress, reg); err != nil {
 			l.Close()
 			d.Stop()
 			return fmt.Errorf("-metrics-address: %w", err)
 		}
-		metricsAddr = ml.Addr()
-		mux := http.NewServeMux()
-		// TODO(metrics issue): engine and volume metrics; for now the
-		// default registry's Go runtime and process metrics.
-		mux.Handle("/metrics", promhttp.Handler())
-		metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		metricsAddr = ms.Addr()
 		go func() {
-			if err := metrics.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := ms.Serve(); err != nil {
 				klog.ErrorS(err, "Metrics server stopped")
 			}
 		}()
@@ -163,9 +169,9 @@ func serve(ctx context.Context, c serveConfig) (err error) {
 			err = serr
 		}
 	}
-	if metrics != nil {
+	if ms != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		metrics.Shutdown(sctx)
+		ms.Shutdown(sctx)
 		cancel()
 	}
 	return err

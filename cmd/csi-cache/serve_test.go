@@ -13,7 +13,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/csi-cache/csi-cache/pkg/driver"
 )
@@ -135,14 +137,34 @@ func TestServe(t *testing.T) {
 		if err != nil || capResp.GetAvailableCapacity() <= 0 {
 			t.Fatalf("GetCapacity: %v, %v", capResp, err)
 		}
+		// An error reaches the metrics with the code the client got.
+		_, err = csi.NewNodeClient(conn).NodeGetVolumeStats(context.Background(),
+			&csi.NodeGetVolumeStatsRequest{VolumeId: "pvc-none", VolumePath: "/nowhere"})
+		if status.Code(err) != codes.NotFound {
+			t.Fatalf("NodeGetVolumeStats of a missing volume: %v", err)
+		}
 		resp, err := http.Get("http://" + metricsAddr.String() + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(body), "go_goroutines") {
+		if resp.StatusCode != 200 {
 			t.Fatalf("metrics: %d %.200s", resp.StatusCode, body)
+		}
+		for _, want := range []string{
+			"go_goroutines ",
+			"csicache_cache_set_healthy 1",
+			"csicache_volumes 0",
+			`csicache_csi_requests_total{code="OK",method="GetPluginInfo"} 1`,
+			`csicache_csi_requests_total{code="OK",method="Probe"} 1`,
+			`csicache_csi_request_duration_seconds_count{method="GetCapacity"} 1`,
+			`csicache_csi_requests_total{code="NotFound",method="NodeGetVolumeStats"} 1`,
+			"csicache_nbd_connections 0",
+		} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("metrics have no line %q", want)
+			}
 		}
 		conn.Close()
 		if err := stop(); err != nil {
@@ -181,5 +203,18 @@ func TestServeBadCacheSize(t *testing.T) {
 	c.cacheSize = "lots"
 	if err := serve(context.Background(), c); err == nil || !strings.Contains(err.Error(), "-cache-size") {
 		t.Fatalf("serve with -cache-size=lots: %v", err)
+	}
+}
+
+// TestServeNoMetrics: an empty --metrics-address serves no metrics.
+func TestServeNoMetrics(t *testing.T) {
+	c := testServeConfig(t)
+	c.metricsAddress = ""
+	_, metricsAddr, stop := startServe(t, c)
+	if metricsAddr != nil {
+		t.Fatalf("metrics served on %v", metricsAddr)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,6 +1,17 @@
 package driver
 
-import "github.com/csi-cache/csi-cache/pkg/nbd"
+import (
+	"github.com/csi-cache/csi-cache/pkg/metrics"
+	"github.com/csi-cache/csi-cache/pkg/nbd"
+)
+
+// NBDOptions configure NewNBDAttacher.
+type NBDOptions struct {
+	// Metrics, if set, observes every NBD request of the attacher's server,
+	// counts its connections, and forgets an export's series when the export
+	// is removed (the volume is unstaged).
+	Metrics *metrics.NBDCollector
+}
 
 // Attacher turns volumes into block devices of this node: it exports a volume
 // over NBD and connects a kernel NBD device to the export. NewNBDAttacher is

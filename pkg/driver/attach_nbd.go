@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/csi-cache/csi-cache/pkg/metrics"
 	"github.com/csi-cache/csi-cache/pkg/nbd"
 )
 
@@ -18,15 +19,25 @@ import (
 // Written against the pkg/nbd attach API being built in parallel; the
 // options (connections per device, dead-connection timeout that lets a
 // restarted plugin reconfigure) are nbd.AttachOptions' defaults.
-func NewNBDAttacher() Attacher {
-	return &nbdAttacher{srv: nbd.NewServer(nbd.Options{})}
+func NewNBDAttacher(o NBDOptions) Attacher {
+	a := &nbdAttacher{metrics: o.Metrics}
+	var opts nbd.Options
+	if o.Metrics != nil {
+		opts.Observer = o.Metrics
+	}
+	a.srv = nbd.NewServer(opts)
+	if o.Metrics != nil {
+		o.Metrics.WatchServer(a.srv)
+	}
+	return a
 }
 
 // exportTimeout bounds draining an export's connections on detach.
 const exportTimeout = 30 * time.Second
 
 type nbdAttacher struct {
-	srv *nbd.Server
+	srv     *nbd.Server
+	metrics *metrics.NBDCollector // nil without metrics
 }
 
 func (a *nbdAttacher) Attach(name string, vol nbd.Backend, readOnly bool) (Device, error) {
@@ -65,7 +76,11 @@ func (a *nbdAttacher) Close() error {
 func (a *nbdAttacher) removeExport(name string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), exportTimeout)
 	defer cancel()
-	return a.srv.RemoveExport(ctx, name)
+	err := a.srv.RemoveExport(ctx, name)
+	if a.metrics != nil && (err == nil || errors.Is(err, nbd.ErrUnknownExport)) {
+		a.metrics.Forget(name)
+	}
+	return err
 }
 
 type nbdDevice struct {

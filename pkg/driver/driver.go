@@ -48,6 +48,10 @@ type Config struct {
 	// StopTimeout bounds how long Stop waits for calls in progress;
 	// default 10 s.
 	StopTimeout time.Duration
+	// UnaryInterceptors run around every call, outermost first, outside the
+	// driver's own interceptor (logging, errors mapped to gRPC codes): a
+	// metrics interceptor here sees the code the client gets.
+	UnaryInterceptors []grpc.UnaryServerInterceptor
 }
 
 // Driver serves the CSI Identity, Controller and Node services of one node on
@@ -113,7 +117,8 @@ func New(cfg Config) (*Driver, error) {
 
 // Serve serves the CSI services on l until Stop. It returns nil after Stop.
 func (d *Driver) Serve(l net.Listener) error {
-	srv := grpc.NewServer(grpc.UnaryInterceptor(d.intercept))
+	chain := append(append([]grpc.UnaryServerInterceptor(nil), d.cfg.UnaryInterceptors...), d.intercept)
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	csi.RegisterIdentityServer(srv, d)
 	csi.RegisterControllerServer(srv, d)
 	csi.RegisterNodeServer(srv, d)
