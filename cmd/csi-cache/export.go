@@ -16,6 +16,7 @@ import (
 
 	"github.com/csi-cache/csi-cache/pkg/driver"
 	"github.com/csi-cache/csi-cache/pkg/engine"
+	"github.com/csi-cache/csi-cache/pkg/metrics"
 	"github.com/csi-cache/csi-cache/pkg/nbd"
 )
 
@@ -37,6 +38,7 @@ type exportConfig struct {
 	attach      bool
 	connections int
 	deadConn    time.Duration
+	metricsAddr string
 
 	// ready, if set, is called with the export URI once it is served (tests).
 	ready func(uri string)
@@ -58,6 +60,7 @@ func parseExportFlags(args []string, stderr io.Writer) (exportConfig, error) {
 	fs.BoolVar(&c.tcpRemote, "tcp-allow-remote", false, "allow a non-loopback -tcp address (NBD has no authentication: trusted networks only)")
 	fs.BoolVar(&c.readOnly, "read-only", false, "export the volume read-only")
 	fs.StringVar(&c.policy, "policy", "lru", "replacement policy of the cache: lru or slru")
+	fs.StringVar(&c.metricsAddr, "metrics-address", "", "serve Prometheus /metrics on this address (e.g. localhost:9810); empty: off")
 	fs.BoolVar(&c.attach, "attach", false, "also attach the export to a kernel device /dev/nbdN over netlink (needs root and the nbd module); detached on exit")
 	fs.IntVar(&c.connections, "connections", nbd.DefaultConnections, "sockets between the kernel device and the server with -attach")
 	fs.DurationVar(&c.deadConn, "dead-conn-timeout", nbd.DefaultDeadConnTimeout, "with -attach: how long the kernel keeps the device waiting for a restarted server")
@@ -185,9 +188,26 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 		return fmt.Errorf("volume %q is not healthy: %w", c.volumeName, err)
 	}
 
-	srv := nbd.NewServer(nbd.Options{})
+	reg := metrics.NewRegistry()
+	nbdm := metrics.NewNBDCollector()
+	reg.MustRegister(metrics.NewEngineCollector(cs), nbdm)
+	srv := nbd.NewServer(nbd.Options{Observer: nbdm})
+	nbdm.WatchServer(srv)
 	if err := srv.AddExport(c.volumeName, v, c.readOnly); err != nil {
 		return err
+	}
+	if c.metricsAddr != "" {
+		ms, err := metrics.Listen(c.metricsAddr, reg)
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := ms.Serve(); err != nil {
+				klog.ErrorS(err, "Serving metrics")
+			}
+		}()
+		defer ms.Shutdown(context.Background())
+		fmt.Fprintf(stdout, "csi-cache export: metrics on http://%s/metrics\n", ms.Addr())
 	}
 	var listeners []net.Listener
 	ul, err := nbd.ListenUnix(c.socket)

@@ -208,13 +208,19 @@ type engineStats struct {
 
 func (c *CacheSet) setErr(err error) {
 	c.errMu.Lock()
-	if c.stickyErr == nil {
+	first := c.stickyErr == nil
+	if first {
 		c.stickyErr = err
 		if c.cfg.Logf != nil {
 			c.cfg.Logf("engine: cache set failed: %v", err)
 		}
 	}
 	c.errMu.Unlock()
+	if first && c.jnl != nil {
+		// Writers waiting for journal space would wait for a flush that can
+		// no longer happen.
+		c.jnl.Fail(err)
+	}
 }
 
 // err returns the sticky error, if any.

@@ -112,7 +112,7 @@ func (c *CacheSet) doFill(r fillReq) {
 	}
 	locked := v.stripes.lockQuiet(r.start, end)
 	defer v.stripes.unlockQuiet(locked)
-	if v.stripes.seqSum(r.start, end) != r.seq {
+	if v.stripes.seqSum(r.start, end) != r.seq || end*sectorSize > v.size.Load() {
 		c.stats.fillRaces.Add(1)
 		return
 	}

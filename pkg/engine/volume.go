@@ -527,6 +527,9 @@ func (v *Volume) Resize(size uint64) error {
 		}
 	}
 	if size < old {
+		// A fill queued before the shrink must not land in the cut range:
+		// moving the stripes' sequence numbers makes it give up.
+		v.stripes.unlock(v.stripes.lock(size/ondisk.SectorSize, old/ondisk.SectorSize))
 		// The cut range reads zeroes if the volume grows again, whatever the
 		// backing store (a block device is not truncated).
 		if v.backing != nil {

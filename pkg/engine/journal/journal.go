@@ -342,6 +342,19 @@ func (j *Journal) Stats() Stats {
 	return j.stats
 }
 
+// Fail makes err the journal's sticky error, as a failed jset write would (the
+// first error stays): every waiter wakes and every later Add and Commit fails
+// with it. The engine calls it when the cache device failed elsewhere, so that
+// nobody waits for journal space that a dead device can never free.
+func (j *Journal) Fail(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err == nil {
+		j.err = errorf(ErrIO, "%w", err)
+		j.broadcastLocked()
+	}
+}
+
 // Err returns the sticky device error, if any.
 func (j *Journal) Err() error {
 	j.mu.Lock()
