@@ -45,6 +45,7 @@ type Objects struct {
 	StorageClasses      []*storagev1.StorageClass
 	DaemonSets          []*appsv1.DaemonSet
 	ServiceMonitors     []*ServiceMonitor
+	ConfigMaps          []*corev1.ConfigMap
 }
 
 // Decode decodes every manifest strictly. Kinds in client-go's scheme are decoded
@@ -92,6 +93,9 @@ func (objs *Objects) add(m Manifest) error {
 		objs.Namespaced = append(objs.Namespaced, o)
 	case *corev1.Service:
 		objs.Services = append(objs.Services, o)
+		objs.Namespaced = append(objs.Namespaced, o)
+	case *corev1.ConfigMap:
+		objs.ConfigMaps = append(objs.ConfigMaps, o)
 		objs.Namespaced = append(objs.Namespaced, o)
 	case *rbacv1.ClusterRole:
 		objs.ClusterRoles = append(objs.ClusterRoles, o)
