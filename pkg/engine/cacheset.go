@@ -148,8 +148,14 @@ type CacheSet struct {
 	rootPtr  atomic.Pointer[rootInfo] // read by the journal writer without locks
 	flushing atomic.Bool              // a flushWrite is running
 
-	retireMu sync.Mutex // guards retiring
+	retireMu sync.Mutex // guards retiring and freeing
 	retiring []retiredRoot
+	// freeing holds buckets of freed nodes that the durable journal's root may
+	// still reach: see freeNodeBucket.
+	freeing []retiredBucket
+	// rootSeq is the journal entry open when the root last changed: until an
+	// entry at least that new is durable, the journal names the old root.
+	rootSeq atomic.Uint64
 
 	errMu sync.Mutex // guards stickyErr
 	// stickyErr is the first device error that left the on-disk state behind the
@@ -252,6 +258,12 @@ func (c *CacheSet) allocBucket() (uint32, uint32, error) {
 		if !errors.Is(err, alloc.ErrNoBuckets) || waited >= c.cfg.NodeCacheWait {
 			break
 		}
+		// Buckets of freed nodes held back for a root change: make the new
+		// root durable and free them (the journal's writer takes no engine
+		// lock, so committing under treeMu cannot deadlock).
+		if c.drainFreeing() {
+			continue
+		}
 		// Wait only while the allocator can refill: dead buckets to bump, or
 		// clean data buckets to evict. Every bucket dirty or metadata: fail now.
 		if st := c.alloc.Stats(); st.Pending == 0 && st.Data-st.Dirty-st.Open <= 0 {
@@ -260,6 +272,9 @@ func (c *CacheSet) allocBucket() (uint32, uint32, error) {
 		time.Sleep(time.Millisecond)
 	}
 	if err != nil {
+		// Buckets emptied by overwrites wait for GC; it cannot run while the
+		// caller holds treeMu, so ask for a pass for the next attempt.
+		c.kickGC()
 		return 0, 0, fmt.Errorf("engine: allocate btree node: %w", err)
 	}
 	// Btree buckets are never invalidated, so they need not stay open.
@@ -267,6 +282,55 @@ func (c *CacheSet) allocBucket() (uint32, uint32, error) {
 		return 0, 0, fmt.Errorf("engine: allocate btree node: %w", err)
 	}
 	return b, gen, nil
+}
+
+// retiredBucket is a freed node's bucket waiting for journal entry seq.
+type retiredBucket struct {
+	b   uint32
+	seq uint64
+}
+
+// freeNodeBucket frees the bucket of a node that left the tree. After a root
+// change, and until a journal entry naming the new root is durable, a crash
+// would reopen the tree from the old root, which may still point at the freed
+// node: its bucket must not be reused before then, so it waits with the
+// retired roots.
+func (c *CacheSet) freeNodeBucket(b uint32) {
+	if rs := c.rootSeq.Load(); rs != 0 && c.jnl.DurableSeq() < rs {
+		c.retireMu.Lock()
+		c.freeing = append(c.freeing, retiredBucket{b: b, seq: rs})
+		c.retireMu.Unlock()
+		c.kick()
+		return
+	}
+	c.freeBucket(b)
+}
+
+// drainFreeing commits the journal up to the newest held-back node bucket and
+// frees them all. It reports whether it freed any.
+func (c *CacheSet) drainFreeing() bool {
+	c.retireMu.Lock()
+	freeing := c.freeing
+	c.freeing = nil
+	c.retireMu.Unlock()
+	if len(freeing) == 0 {
+		return false
+	}
+	var seq uint64
+	for _, f := range freeing {
+		seq = max(seq, f.seq)
+	}
+	if err := c.jnl.Commit(seq); err != nil {
+		c.setErr(err)
+		c.retireMu.Lock()
+		c.freeing = append(c.freeing, freeing...)
+		c.retireMu.Unlock()
+		return false
+	}
+	for _, f := range freeing {
+		c.freeBucket(f.b)
+	}
+	return true
 }
 
 // freeBucket returns a btree node's bucket to the allocator.

@@ -520,8 +520,9 @@ func zeroDevice(dev device.Device, off, n int64) error {
 // writeback of what is dirty (whose btree updates need nodes too).
 func (c *CacheSet) dirtyFull() bool {
 	st := c.alloc.Stats()
-	return st.Dirty >= st.Buckets*dirtyMaxPercent/100
+	return st.Dirty+st.Btree+st.Meta >= st.Buckets*dirtyMaxPercent/100
 }
 
-// dirtyMaxPercent caps the buckets holding dirty data.
+// dirtyMaxPercent caps the buckets holding dirty data and metadata, which
+// cannot be evicted.
 const dirtyMaxPercent = 75

@@ -185,7 +185,7 @@ func (c *CacheSet) nodeFree(n *node) {
 	nc.freeable.pushFront(n)
 	nc.mu.Unlock()
 	n.lock.Unlock()
-	c.freeBucket(bucket)
+	c.freeNodeBucket(bucket)
 }
 
 // unpin drops a node's journal pin. A failure is a bookkeeping bug: the journal

@@ -268,6 +268,9 @@ func (c *CacheSet) setRoot(n *node) {
 	c.nc.mu.Unlock()
 	c.root = n
 	c.rootPtr.Store(&rootInfo{ptr: n.ptr(), level: n.level})
+	if c.jnl != nil {
+		c.rootSeq.Store(c.jnl.Seq())
+	}
 }
 
 // retireRoot queues the previous root to be freed once a journal entry naming the
