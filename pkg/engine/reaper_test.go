@@ -157,3 +157,115 @@ func (nc *nodeCache) boundedListCheck() error {
 	}
 	return nil
 }
+
+// TestSplitWaitsForNodeCache: a split needs new node structs while every cached
+// node is dirty and the oldest one is selected by a flushWrite that has not
+// flushed yet, so cannibalize finds nothing to steal for a moment. The split
+// must wait for the flusher (as a lookup does), not fail with "node cache full".
+func TestSplitWaitsForNodeCache(t *testing.T) {
+	var armed atomic.Bool
+	parked, release := make(chan []flushSelection, 1), make(chan struct{})
+	cfg := testConfig()
+	cfg.ReaperInterval = time.Hour
+	cfg.NodeCacheNodes = minNodeBudget
+	cfg.NodeMaxKeys = 32
+	cfg.JournalSize = 4 << 20
+	cfg.knobs = testingKnobs{AfterSelect: func(sel []flushSelection) {
+		if armed.CompareAndSwap(true, false) {
+			parked <- sel
+			<-release
+		}
+	}}
+	c, _ := newTestSet(t, 64<<20, cfg)
+	defer c.Close()
+	// Two levels: a root over ~16 leaves of ~15 keys, all clean, none cached.
+	for i := uint64(0); i < 250; i++ {
+		if err := c.InsertKeys([]bkey.Key{{Vol: 1, Start: i * 10, Len: 5, Ptr: bkey.Ptr{Bucket: 100}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.flushAll(); err != nil {
+		t.Fatal(err)
+	}
+	if c.root.level != 1 {
+		t.Fatalf("root level %d, want 1", c.root.level)
+	}
+	c.shrink(0, false)
+	// Dirty leaf after leaf until the cache is full of dirty leaves (and the root).
+	var last bkey.Pos // a key in the newest dirty leaf
+	for lba := uint64(0); ; lba += 10 {
+		if lba >= 2400 {
+			t.Fatal("the cache never filled with dirty leaves")
+		}
+		last = bkey.Pos{Vol: 1, LBA: lba}
+		if err := c.InsertKeys([]bkey.Key{{Vol: 1, Start: lba + 6, Len: 1, Ptr: bkey.Ptr{Bucket: 101}}}); err != nil {
+			t.Fatal(err)
+		}
+		c.shrink(0, false) // drops spare structs and clean nodes
+		c.nc.mu.Lock()
+		full := c.nc.live.n == c.nc.budget
+		c.nc.mu.Unlock()
+		if full {
+			break
+		}
+	}
+	armed.Store(true)
+	flushed := make(chan struct{})
+	go func() { c.flushWrite(); close(flushed) }()
+	sel := <-parked
+	if len(sel) == 0 {
+		t.Fatal("flushWrite selected nothing")
+	}
+	// Split the newest dirty leaf (not selected: the selection takes the oldest
+	// first and stops at flushWriteMax).
+	c.treeMu.RLock()
+	lastLeaf, err := c.findLeaf(last, false)
+	c.treeMu.RUnlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last = lastLeaf.min
+	lastLeaf.lock.RUnlock()
+	for _, s := range sel {
+		if s.n == lastLeaf {
+			t.Fatal("the leaf to split was selected")
+		}
+	}
+	fails := func() uint64 {
+		c.nc.mu.Lock()
+		defer c.nc.mu.Unlock()
+		return c.nc.stats.CannibalizeFails
+	}
+	splitErr := make(chan error, 1)
+	go func() {
+		splits := c.stats.splits.Load()
+		// Single sectors in the gaps between the leaf's keys (at 10i .. 10i+5).
+		for i := uint64(0); c.stats.splits.Load() == splits && i < 60; i++ {
+			k := bkey.Key{Vol: 1, Start: last.LBA + 10*(i%20) + 7 + i/20, Len: 1, Ptr: bkey.Ptr{Bucket: 102}}
+			if err := c.InsertKeys([]bkey.Key{k}); err != nil {
+				splitErr <- err
+				return
+			}
+		}
+		splitErr <- nil
+	}()
+	for deadline := time.Now().Add(10 * time.Second); fails() == 0; {
+		select {
+		case err := <-splitErr:
+			close(release)
+			<-flushed
+			t.Fatalf("the split finished (error %v) before it met a full cache", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the split never met a full node cache")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	<-flushed
+	if err := <-splitErr; err != nil {
+		t.Fatalf("split with a momentarily full node cache: %v", err)
+	}
+	mustCheck(t, c)
+}

@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"time"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/bkey"
 	"github.com/csi-cache/csi-cache/pkg/engine/ondisk"
@@ -226,7 +228,18 @@ func (c *CacheSet) newNode(level uint8, min, max bkey.Pos, keys []bkey.Key) (*no
 	if err != nil {
 		return nil, err
 	}
-	n, err := c.mcaAlloc(bkey.Ptr{Bucket: b, Gen: gen}, level)
+	// Every cached node may be in use or selected by flushWrite for a moment:
+	// wait for one to steal as getNode does, up to NodeCacheWait. The caller's
+	// locks cannot be what holds them up: nodes held under treeMu are released
+	// without new allocations, and flushWrite takes no node lock.
+	var n *node
+	for wait := time.Duration(0); ; wait += time.Millisecond {
+		n, err = c.mcaAlloc(bkey.Ptr{Bucket: b, Gen: gen}, level)
+		if !errors.Is(err, errNodeCacheFull) || wait > c.cfg.NodeCacheWait {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err != nil {
 		c.freeBucket(b)
 		return nil, err
