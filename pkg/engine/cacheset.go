@@ -171,13 +171,19 @@ type engineStats struct {
 
 func (c *CacheSet) setErr(err error) {
 	c.errMu.Lock()
-	if c.stickyErr == nil {
+	first := c.stickyErr == nil
+	if first {
 		c.stickyErr = err
 		if c.cfg.Logf != nil {
 			c.cfg.Logf("engine: cache set failed: %v", err)
 		}
 	}
 	c.errMu.Unlock()
+	if first && c.jnl != nil {
+		// Nothing can free journal space any more (node writes fail): writers
+		// waiting for it get the error instead of waiting forever.
+		c.jnl.Fail(err)
+	}
 }
 
 // err returns the sticky error, if any.
