@@ -183,9 +183,11 @@ func (c *CacheSet) nodeFree(n *node) {
 	}
 	n.setState(stateFreeable)
 	nc.freeable.pushFront(n)
+	// Under the cache lock (Allocator.mu is a leaf): a btree bucket is always
+	// in the tree, cached, or free, which Check verifies.
+	c.freeBucket(bucket)
 	nc.mu.Unlock()
 	n.lock.Unlock()
-	c.freeBucket(bucket)
 }
 
 // unpin drops a node's journal pin. A failure is a bookkeeping bug: the journal
