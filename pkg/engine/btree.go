@@ -166,6 +166,9 @@ var errCorruptTree = errors.New("engine: corrupt btree")
 // replaces only the sectors that still hold it. It returns the sectors inserted.
 func (c *CacheSet) insert(k bkey.Key, seq uint64, cas bool, expect *bkey.Key) (uint64, error) {
 	var total uint64
+	if k.Whiteout() {
+		defer c.mergeAfterDelete(k)
+	}
 	for k.Len > 0 {
 		_, rest, n, err := c.insertPart(k, seq, cas, expect)
 		var nr *needRewrite

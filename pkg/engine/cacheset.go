@@ -167,6 +167,7 @@ type engineStats struct {
 	compactions          atomic.Uint64
 	rootChanges          atomic.Uint64
 	splitFailures        atomic.Uint64
+	merges               atomic.Uint64
 }
 
 func (c *CacheSet) setErr(err error) {
