@@ -214,6 +214,9 @@ type crashWorkload struct {
 	rng     *rand.Rand
 	m       *crashModel
 	nextOff *uint32 // data offsets are never reused, so every write is told apart
+	// journalHeavy: mostly writes each committed at once, so that the journal
+	// fills behind dirty leaves and flushWrite must write them.
+	journalHeavy bool
 }
 
 func (w *crashWorkload) key(maxLen uint64) bkey.Key {
@@ -228,7 +231,23 @@ func (w *crashWorkload) key(maxLen uint64) bkey.Key {
 // step runs one operation and updates the model. An error ends the workload.
 func (w *crashWorkload) step(c *CacheSet) error {
 	r := w.rng
-	switch op := r.IntN(20); {
+	op := r.IntN(20)
+	if w.journalHeavy {
+		switch {
+		case op < 14:
+			if err := w.write(c); err != nil {
+				return err
+			}
+			return w.commit(c)
+		case op < 16:
+			op = 10 // a fill
+		case op < 17:
+			op = 12 // a writeback completion
+		default:
+			op = 19 // a commit
+		}
+	}
+	switch {
 	case op == 0: // a burst of one-sector keys with gaps: splits up to the root
 		n := 30 + r.IntN(31)
 		k := w.key(1)
@@ -243,31 +262,15 @@ func (w *crashWorkload) step(c *CacheSet) error {
 			*w.nextOff++
 		}
 		return c.InsertKeys(keys)
-	case op < 10: // a write's metadata: up to 10 keys, adjacent or scattered
-		n := 1 + r.IntN(10)
-		keys := make([]bkey.Key, 0, n)
-		adjacent := r.IntN(2) == 0
-		for i := range n {
-			k := w.key(16)
-			if adjacent && i > 0 {
-				prev := keys[i-1]
-				if prev.End()+uint64(k.Len) >= crashSectors {
-					break
-				}
-				k.Vol, k.Start = prev.Vol, prev.End()
-			}
-			switch r.IntN(10) {
-			case 0:
-				k.Flags, k.Ptr = bkey.FlagWhiteout, bkey.Ptr{}
-			case 1, 2, 3, 4:
-				k.Flags = bkey.FlagDirty
-			}
-			keys = append(keys, k)
-		}
-		for _, k := range keys {
-			w.m.insert(k)
-		}
-		return c.InsertKeys(keys)
+	case op < 3: // a discard: deletes 64-512 sectors, merging sparse nodes
+		k := w.key(1)
+		k.Len = 64 + r.Uint32N(449)
+		k.Start = min(k.Start, crashSectors-uint64(k.Len))
+		k.Flags, k.Ptr = bkey.FlagWhiteout, bkey.Ptr{}
+		w.m.insert(k)
+		return c.InsertKeys([]bkey.Key{k})
+	case op < 10:
+		return w.write(c)
 	case op < 12: // a cache-miss fill
 		k := w.key(32)
 		w.m.replace(k, nil)
@@ -291,12 +294,46 @@ func (w *crashWorkload) step(c *CacheSet) error {
 		}
 		return nil
 	default:
-		if err := c.Commit(); err != nil {
-			return err
-		}
-		w.m.commit()
-		return nil
+		return w.commit(c)
 	}
+}
+
+// commit commits and records it in the model.
+func (w *crashWorkload) commit(c *CacheSet) error {
+	if err := c.Commit(); err != nil {
+		return err
+	}
+	w.m.commit()
+	return nil
+}
+
+// write is a write's metadata: up to 10 keys, adjacent or scattered.
+func (w *crashWorkload) write(c *CacheSet) error {
+	r := w.rng
+	n := 1 + r.IntN(10)
+	keys := make([]bkey.Key, 0, n)
+	adjacent := r.IntN(2) == 0
+	for i := range n {
+		k := w.key(16)
+		if adjacent && i > 0 {
+			prev := keys[i-1]
+			if prev.End()+uint64(k.Len) >= crashSectors {
+				break
+			}
+			k.Vol, k.Start = prev.Vol, prev.End()
+		}
+		switch r.IntN(10) {
+		case 0:
+			k.Flags, k.Ptr = bkey.FlagWhiteout, bkey.Ptr{}
+		case 1, 2, 3, 4:
+			k.Flags = bkey.FlagDirty
+		}
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		w.m.insert(k)
+	}
+	return c.InsertKeys(keys)
 }
 
 // crashBase is a formatted image holding a committed tree, and its model.
@@ -352,7 +389,7 @@ func newCrashBase(t testing.TB, ops int) *crashBase {
 // crashRun is one run of the workload on a copy of the base image.
 type crashRun struct {
 	seed       uint64
-	smallCache bool
+	smallCache bool // also the default mix; else a journal-heavy one
 	ops        int
 	point      int64 // crash at this IO; < 0: no armed crash point (power lost after Close)
 	mode       device.CrashMode
@@ -365,6 +402,7 @@ type crashOutcome struct {
 	closedOK bool
 	// What the workload exercised before the crash.
 	splits, rootChanges, compactions, flushWrites uint64
+	merges                                        uint64
 	journalStalls                                 int64
 }
 
@@ -403,7 +441,7 @@ func (b *crashBase) run1(r crashRun) (crashOutcome, error) {
 	}
 	m := b.m.clone()
 	nextOff := b.nextOff
-	w := &crashWorkload{rng: rand.New(rand.NewPCG(r.seed, 2)), m: m, nextOff: &nextOff}
+	w := &crashWorkload{rng: rand.New(rand.NewPCG(r.seed, 2)), m: m, nextOff: &nextOff, journalHeavy: !r.smallCache}
 
 	c, err := Open(dev, cfg)
 	if err == nil {
@@ -423,6 +461,7 @@ func (b *crashBase) run1(r crashRun) (crashOutcome, error) {
 		out.splits, out.rootChanges = c.stats.splits.Load(), c.stats.rootChanges.Load()
 		out.compactions, out.flushWrites = c.stats.compactions.Load(), c.stats.flushWriteRuns.Load()
 		out.journalStalls = c.jnl.Stats().Stalls
+		out.merges = c.stats.merges.Load()
 		if cerr := c.Close(); err == nil && cerr == nil {
 			m.closed()
 			out.closedOK = true
@@ -493,11 +532,13 @@ func TestCrashMetadata(t *testing.T) {
 		if err != nil {
 			t.Fatalf("seed %d without a crash point: %v", seed, err)
 		}
-		t.Logf("workload %d (%s base, node cache %d): %d IOs, %d splits, %d root changes, %d flushWrite runs, %d journal stalls",
+		t.Logf("workload %d (%s base, node cache %d%s): %d IOs, %d splits, %d merges, %d root changes, %d flushWrite runs, %d journal stalls",
 			seed, map[bool]string{true: "deep", false: "empty"}[s%2 == 0], crashConfig(small).NodeCacheNodes,
-			cal.ios, cal.splits, cal.rootChanges, cal.flushWrites, cal.journalStalls)
+			map[bool]string{true: "", false: ", journal-heavy"}[small],
+			cal.ios, cal.splits, cal.merges, cal.rootChanges, cal.flushWrites, cal.journalStalls)
 		ios += cal.ios
 		sum.splits += cal.splits
+		sum.merges += cal.merges
 		sum.rootChanges += cal.rootChanges
 		sum.compactions += cal.compactions
 		sum.flushWrites += cal.flushWrites
@@ -518,9 +559,10 @@ func TestCrashMetadata(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d crash points over %d workloads of %d ops (%.0f IOs each on average; per workload %.1f splits, %.1f root changes, "+
+	t.Logf("%d crash points over %d workloads of %d ops (%.0f IOs each on average; per workload %.1f splits, %.1f merges, %.1f root changes, "+
 		"%.1f compactions, %.1f flushWrite runs, %.1f journal stalls): %d hit, %d runs finished and closed first; %.1fs",
-		total, seeds, ops, float64(ios)/float64(seeds), float64(sum.splits)/float64(seeds), float64(sum.rootChanges)/float64(seeds),
+		total, seeds, ops, float64(ios)/float64(seeds), float64(sum.splits)/float64(seeds), float64(sum.merges)/float64(seeds),
+		float64(sum.rootChanges)/float64(seeds),
 		float64(sum.compactions)/float64(seeds), float64(sum.flushWrites)/float64(seeds), float64(sum.journalStalls)/float64(seeds),
 		crashed, closes, time.Since(start).Seconds())
 	if crashed < total*3/4 {
