@@ -166,6 +166,9 @@ var errCorruptTree = errors.New("engine: corrupt btree")
 // replaces only the sectors that still hold it. It returns the sectors inserted.
 func (c *CacheSet) insert(k bkey.Key, seq uint64, cas bool, expect *bkey.Key) (uint64, error) {
 	var total uint64
+	if k.Whiteout() {
+		defer c.mergeAfterDelete(k)
+	}
 	for k.Len > 0 {
 		_, rest, n, err := c.insertPart(k, seq, cas, expect)
 		var nr *needRewrite
@@ -180,10 +183,6 @@ func (c *CacheSet) insert(k bkey.Key, seq uint64, cas bool, expect *bkey.Key) (u
 		}
 		total += n
 		k = rest
-		if expect != nil && rest.Len > 0 {
-			e := advanceKey(*expect, rest.Start-expect.Start)
-			expect = &e
-		}
 	}
 	return total, nil
 }
@@ -201,11 +200,23 @@ func (c *CacheSet) insertPart(k bkey.Key, seq uint64, cas bool, expect *bkey.Key
 	part, rest = splitKeyAt(k, leaf.max)
 
 	// A plain insert adds at most 2 keys (it may split one); a compare-and-swap
-	// may fragment every key in its range and logs the range's result.
+	// may fragment every key in its range and logs the range's result. So a
+	// compare-and-swap takes at most as many of the leaf's keys as a rewritten
+	// node always has room for, and leaves the rest of its range to the next
+	// part: otherwise no rewrite could ever make room. (ReplaceIf works sector
+	// by sector, so the parts add up to the whole.)
 	extra := 3
 	if cas {
+		limit := max((c.maxNodeKeys()/2-4)/2, 1)
 		inRange := 0
-		leaf.keys.Lookup(part.Vol, part.Start, part.End(), func(bkey.Key) bool { inRange++; return true })
+		leaf.keys.Lookup(part.Vol, part.Start, part.End(), func(x bkey.Key) bool {
+			if inRange == limit {
+				part, rest = splitKeyAt(k, x.StartPos())
+				return false
+			}
+			inRange++
+			return true
+		})
 		extra = 2*inRange + 4
 	}
 	leaf.writeMu.Lock()

@@ -15,6 +15,7 @@
 //	node.lock                   parents before children; the reaper only TryLocks
 //	nodeCache.mu                the cache lock (lists, hash, journalFlush selection)
 //	node.writeMu                a node's write state and journalFlush flag
+//	CacheSet.retireMu           retired roots and held-back node buckets
 //	Allocator.mu, Journal.mu    leaves (their packages take no engine lock)
 //
 // Two rules keep the journal from deadlocking when it is full: nobody waits for
@@ -202,6 +203,7 @@ type engineStats struct {
 	compactions          atomic.Uint64
 	rootChanges          atomic.Uint64
 	splitFailures        atomic.Uint64
+	merges               atomic.Uint64
 
 	cacheFull      atomic.Uint64 // data allocations that found no free bucket
 	fills          atomic.Uint64
@@ -223,8 +225,8 @@ func (c *CacheSet) setErr(err error) {
 	}
 	c.errMu.Unlock()
 	if first && c.jnl != nil {
-		// Writers waiting for journal space would wait for a flush that can
-		// no longer happen.
+		// Nothing can free journal space any more (node writes fail): writers
+		// waiting for it get the error instead of waiting forever.
 		c.jnl.Fail(err)
 	}
 }
@@ -310,27 +312,42 @@ func (c *CacheSet) freeNodeBucket(b uint32) {
 // frees them all. It reports whether it freed any.
 func (c *CacheSet) drainFreeing() bool {
 	c.retireMu.Lock()
-	freeing := c.freeing
-	c.freeing = nil
-	c.retireMu.Unlock()
-	if len(freeing) == 0 {
-		return false
-	}
 	var seq uint64
-	for _, f := range freeing {
+	for _, f := range c.freeing {
 		seq = max(seq, f.seq)
+	}
+	c.retireMu.Unlock()
+	if seq == 0 {
+		return false
 	}
 	if err := c.jnl.Commit(seq); err != nil {
 		c.setErr(err)
-		c.retireMu.Lock()
-		c.freeing = append(c.freeing, freeing...)
-		c.retireMu.Unlock()
 		return false
 	}
-	for _, f := range freeing {
-		c.freeBucket(f.b)
+	return c.freeHeld() > 0
+}
+
+// freeHeld frees the held-back node buckets whose journal entry is durable. It
+// frees them under the cache lock, as nodeFree does, so that Check sees every
+// btree bucket in the tree, cached, held back or free.
+func (c *CacheSet) freeHeld() int {
+	durable := c.jnl.DurableSeq()
+	c.nc.mu.Lock()
+	defer c.nc.mu.Unlock()
+	c.retireMu.Lock()
+	defer c.retireMu.Unlock()
+	n := 0
+	keep := c.freeing[:0]
+	for _, f := range c.freeing {
+		if f.seq <= durable {
+			c.freeBucket(f.b)
+			n++
+		} else {
+			keep = append(keep, f)
+		}
 	}
-	return true
+	c.freeing = keep
+	return n
 }
 
 // freeBucket returns a btree node's bucket to the allocator.

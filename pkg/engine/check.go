@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/csi-cache/csi-cache/pkg/engine/alloc"
 	"github.com/csi-cache/csi-cache/pkg/engine/bkey"
 )
 
@@ -13,7 +14,10 @@ import (
 //     children contiguous from min to max, each child one level down with the
 //     bounds its parent gives it
 //   - no bucket holds two nodes; no data pointer has a generation newer than its
-//     bucket's, and no live data pointer points into a btree node's bucket
+//     bucket's, and no live data pointer points into a btree bucket
+//   - bucket accounting: the allocator has every node's bucket as a btree
+//     bucket, and every btree bucket holds a node of the tree or a cached one (a
+//     replaced root waiting to be retired): no bucket leaks
 //   - node cache: live list and hash agree, memory within the budget, a node with
 //     a journal pin is dirty, and a journal entry has at least as many pins as
 //     nodes pinning it
@@ -74,7 +78,32 @@ func (c *CacheSet) Check() error {
 	}
 	r := c.rootPtr.Load()
 	visit(r.ptr, r.level, bkey.Pos{}, bkey.MaxPos)
+	// Still under treeMu, so no split or rewrite allocates or frees a node
+	// bucket; nodeFree of a retired root frees its bucket under the cache lock,
+	// so the cached nodes and the allocator's kinds are one consistent view.
+	c.nc.mu.Lock()
+	kinds := c.alloc.Kinds()
+	cached := make(map[uint32]bool, len(c.nc.hash))
+	for b := range c.nc.hash {
+		cached[b] = true
+	}
+	c.retireMu.Lock()
+	for _, f := range c.freeing {
+		cached[f.b] = true // held back until the new root is durable
+	}
+	c.retireMu.Unlock()
+	c.nc.mu.Unlock()
 	c.treeMu.RUnlock()
+	for b := range nodeBuckets {
+		if int(b) < len(kinds) && kinds[b] != alloc.KindBtree {
+			bad("btree node in bucket %d, which the allocator has as %s", b, kinds[b])
+		}
+	}
+	for b, k := range kinds {
+		if k == alloc.KindBtree && !nodeBuckets[uint32(b)] && !cached[uint32(b)] {
+			bad("allocator has bucket %d as btree, but no node of the tree or the cache is there (leaked)", b)
+		}
+	}
 
 	for _, k := range dataPtrs {
 		if k.Whiteout() {
@@ -89,7 +118,7 @@ func (c *CacheSet) Check() error {
 		if k.Ptr.Gen > gen {
 			bad("key %v has a generation newer than its bucket's (%d)", k, gen)
 		}
-		if k.Ptr.Gen == gen && nodeBuckets[k.Ptr.Bucket] {
+		if k.Ptr.Gen == gen && (nodeBuckets[k.Ptr.Bucket] || kinds[k.Ptr.Bucket] == alloc.KindBtree) {
 			bad("key %v points into btree node bucket %d", k, k.Ptr.Bucket)
 		}
 	}

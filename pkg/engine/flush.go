@@ -183,9 +183,12 @@ func (c *CacheSet) nodeFree(n *node) {
 	}
 	n.setState(stateFreeable)
 	nc.freeable.pushFront(n)
+	// Under the cache lock (Allocator.mu and retireMu are leaves here): a
+	// btree bucket is always in the tree, cached, held back (freeing) or free,
+	// which Check verifies.
+	c.freeNodeBucket(bucket)
 	nc.mu.Unlock()
 	n.lock.Unlock()
-	c.freeNodeBucket(bucket)
 }
 
 // unpin drops a node's journal pin. A failure is a bookkeeping bug: the journal

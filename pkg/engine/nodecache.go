@@ -188,6 +188,10 @@ func (c *CacheSet) shrink(target int, flush bool) int {
 				nc.mu.Unlock()
 				err := c.writeDirty(n)
 				nc.mu.Lock()
+				// The list changed meanwhile: prev may have been reaped or freed.
+				// n cannot have been (we held its lock), so it is still on the
+				// live list; go on from its neighbour of now.
+				prev = n.prev
 				n.lock.Unlock()
 				if err != nil {
 					return released

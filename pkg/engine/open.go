@@ -324,30 +324,18 @@ func (c *CacheSet) retireRoots() {
 	c.retireMu.Lock()
 	pending := c.retiring
 	c.retiring = nil
-	freeing := c.freeing
-	c.freeing = nil
 	c.retireMu.Unlock()
 	for i, r := range pending {
 		if err := c.jnl.Commit(r.seq); err != nil {
 			c.setErr(err)
 			c.retireMu.Lock()
 			c.retiring = append(c.retiring, pending[i:]...)
-			c.freeing = append(c.freeing, freeing...)
 			c.retireMu.Unlock()
 			return
 		}
 		c.nodeFree(r.n)
 	}
-	for i, f := range freeing {
-		if err := c.jnl.Commit(f.seq); err != nil {
-			c.setErr(err)
-			c.retireMu.Lock()
-			c.freeing = append(c.freeing, freeing[i:]...)
-			c.retireMu.Unlock()
-			return
-		}
-		c.freeBucket(f.b)
-	}
+	c.drainFreeing()
 }
 
 // Close writes every dirty node, commits the journal and closes the device.

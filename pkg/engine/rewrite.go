@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"time"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/bkey"
 	"github.com/csi-cache/csi-cache/pkg/engine/ondisk"
@@ -226,7 +228,18 @@ func (c *CacheSet) newNode(level uint8, min, max bkey.Pos, keys []bkey.Key) (*no
 	if err != nil {
 		return nil, err
 	}
-	n, err := c.mcaAlloc(bkey.Ptr{Bucket: b, Gen: gen}, level)
+	// Every cached node may be in use or selected by flushWrite for a moment:
+	// wait for one to steal as getNode does, up to NodeCacheWait. The caller's
+	// locks cannot be what holds them up: nodes held under treeMu are released
+	// without new allocations, and flushWrite takes no node lock.
+	var n *node
+	for wait := time.Duration(0); ; wait += time.Millisecond {
+		n, err = c.mcaAlloc(bkey.Ptr{Bucket: b, Gen: gen}, level)
+		if !errors.Is(err, errNodeCacheFull) || wait > c.cfg.NodeCacheWait {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err != nil {
 		c.freeBucket(b)
 		return nil, err
@@ -283,4 +296,303 @@ func (c *CacheSet) retireRoot(old *node) {
 	c.retiring = append(c.retiring, retiredRoot{n: old, seq: c.jnl.Seq()})
 	c.retireMu.Unlock()
 	c.kick()
+}
+
+// mergeAfterDelete runs mergeIfSparse on every leaf of the range the whiteout
+// k deleted. A merge that fails leaves the tree as it was (sparse, still
+// correct), so the deletion stands: the error is logged, and device errors are
+// sticky already.
+func (c *CacheSet) mergeAfterDelete(k bkey.Key) {
+	for pos, end := k.StartPos(), k.EndPos(); pos.Less(end); {
+		if err := c.mergeIfSparse(pos); err != nil {
+			if c.cfg.Logf != nil {
+				c.cfg.Logf("engine: merge after a deletion at %v: %v", pos, err)
+			}
+			return
+		}
+		c.treeMu.RLock()
+		leaf, err := c.findLeaf(pos, false)
+		if err != nil {
+			c.treeMu.RUnlock()
+			return
+		}
+		next := leaf.max
+		leaf.lock.RUnlock()
+		c.treeMu.RUnlock()
+		if !pos.Less(next) {
+			return
+		}
+		pos = next
+	}
+}
+
+// mergeIfSparse merges nodes made sparse by a deletion at pos (bcache's GC
+// coalescing, done when the deletion happens): if the leaf covering pos is not
+// the root, holds at most a quarter of a node and fits in half a node with an
+// adjacent sibling, the two are merged; then its parent likewise, up the tree
+// while merges happen. It takes treeMu exclusive only when a merge is due.
+func (c *CacheSet) mergeIfSparse(pos bkey.Pos) error {
+	for level := uint8(0); ; level++ {
+		c.treeMu.RLock()
+		due := c.mergeableAt(pos, level)
+		c.treeMu.RUnlock()
+		if !due {
+			return nil
+		}
+		merged, err := c.mergeAt(pos, level)
+		if errors.Is(err, errNoLogRoom) {
+			// Compact the full node on the path (the grandparent), then retry.
+			if err := c.rewriteAt(pos, 1); err != nil {
+				return err
+			}
+			merged, err = c.mergeAt(pos, level)
+		}
+		if err != nil || !merged {
+			return err
+		}
+	}
+}
+
+// errNoLogRoom: the node a merge must append to has no room left in its log.
+var errNoLogRoom = errors.New("engine: no room in the node log")
+
+// mergeableAt reports whether the node at level covering pos is below the root,
+// holds at most a quarter of a node, and fits in half a node with the sibling
+// mergeAt would pair it with. Caller holds treeMu.
+func (c *CacheSet) mergeableAt(pos bkey.Pos, level uint8) bool {
+	p := c.root
+	if p.level <= level {
+		return false
+	}
+	p.lock.RLock()
+	for p.level > level+1 {
+		ptr, l := p.children[min(p.childIndex(pos), len(p.children)-1)].Ptr, p.level-1
+		p.lock.RUnlock()
+		var err error
+		if p, err = c.getNode(ptr, l, false); err != nil {
+			return false
+		}
+	}
+	if len(p.children) < 2 {
+		p.lock.RUnlock()
+		return false
+	}
+	i := min(p.childIndex(pos), len(p.children)-1)
+	ptrs := []bkey.Ptr{p.children[i].Ptr}
+	for _, j := range []int{i + 1, i - 1} {
+		if j >= 0 && j < len(p.children) {
+			ptrs = append(ptrs, p.children[j].Ptr)
+		}
+	}
+	p.lock.RUnlock()
+	nkeys := func(ptr bkey.Ptr) (int, bool) {
+		n, err := c.getNode(ptr, level, false)
+		if err != nil {
+			return 0, false
+		}
+		defer n.lock.RUnlock()
+		return n.nkeys(), true
+	}
+	x, ok := nkeys(ptrs[0])
+	if !ok || x > c.maxNodeKeys()/4 {
+		return false
+	}
+	for _, ptr := range ptrs[1:] {
+		if y, ok := nkeys(ptr); ok && x+y <= c.maxNodeKeys()/2 {
+			return true
+		}
+	}
+	return false
+}
+
+// mergeAt merges the node at level covering pos with its right or else its left
+// sibling, the first that together with it holds at most half a node. Their
+// parent is replaced too, by a compacted copy with one child less (a node log can
+// replace a child, not delete one); the grandparent then points at the copy, or
+// the copy becomes the root. A root left with one child gives way to it, and the
+// tree loses a level.
+//
+// Crash safety follows rewriteNode: the new nodes are written and synced before
+// anything points at them, and the old ones are freed only once nothing durable
+// does. When the root changes, the old root and the merged nodes (still reachable
+// from it on disk) are retired together, after a journal entry names the new
+// root. It reports whether it merged.
+func (c *CacheSet) mergeAt(pos bkey.Pos, level uint8) (merged bool, err error) {
+	c.treeMu.Lock()
+	var retire []*node
+	defer func() {
+		c.treeMu.Unlock()
+		for _, n := range retire {
+			c.retireRoot(n)
+		}
+	}()
+	if c.root.level <= level {
+		return false, nil
+	}
+	// Walk to the parent p of the nodes to merge, keeping the grandparent gp.
+	var gp *node
+	p := c.root
+	p.lock.Lock()
+	unlock := func() {
+		p.lock.Unlock()
+		if gp != nil {
+			gp.lock.Unlock()
+		}
+	}
+	for p.level > level+1 {
+		child, err := c.getNode(p.children[min(p.childIndex(pos), len(p.children)-1)].Ptr, p.level-1, true)
+		if err != nil {
+			unlock()
+			return false, err
+		}
+		if gp != nil {
+			gp.lock.Unlock()
+		}
+		gp, p = p, child
+	}
+	if len(p.children) < 2 {
+		unlock()
+		return false, nil
+	}
+	if gp != nil {
+		gp.writeMu.Lock()
+		room := c.leafFitsLocked(gp, 1)
+		gp.writeMu.Unlock()
+		if !room {
+			unlock()
+			return false, errNoLogRoom
+		}
+	}
+	i := min(p.childIndex(pos), len(p.children)-1)
+	x, err := c.getNode(p.children[i].Ptr, level, true)
+	if err != nil {
+		unlock()
+		return false, err
+	}
+	var y *node
+	j := -1
+	for _, cand := range []int{i + 1, i - 1} {
+		if cand < 0 || cand >= len(p.children) {
+			continue
+		}
+		n, err := c.getNode(p.children[cand].Ptr, level, true)
+		if err != nil {
+			x.lock.Unlock()
+			unlock()
+			return false, err
+		}
+		if x.nkeys()+n.nkeys() <= c.maxNodeKeys()/2 {
+			y, j = n, cand
+			break
+		}
+		n.lock.Unlock()
+	}
+	if y == nil {
+		x.lock.Unlock()
+		unlock()
+		return false, nil
+	}
+	a, b := x, y
+	if j < i {
+		a, b, i = y, x, j
+	}
+	merged, oldRoot, err := c.mergeNodes(gp, p, i, a, b)
+	switch {
+	case err != nil || !merged:
+		a.lock.Unlock()
+		b.lock.Unlock()
+		unlock()
+		return false, err
+	case oldRoot != nil:
+		// p, a and b stay locked until retired.
+		retire = append(retire, oldRoot, a, b)
+	}
+	if gp != nil {
+		gp.lock.Unlock()
+	}
+	return true, nil
+}
+
+// mergeNodes merges a and b, children i and i+1 of p (gp is p's parent, nil if
+// p is the root). Caller holds treeMu exclusive and all four locked. If they do
+// not fit in half a node it changes nothing (merged false). On success, when p
+// was the root it returns p, and p, a and b stay locked for the caller to retire;
+// otherwise it frees a, b and p, releasing their locks. On error everything stays
+// locked; the tree is unchanged unless the error is the sticky one of a failed
+// grandparent write (as in rewriteNode).
+func (c *CacheSet) mergeNodes(gp, p *node, i int, a, b *node) (merged bool, oldRoot *node, err error) {
+	var keys []bkey.Key
+	if a.isLeaf() {
+		keys = append(a.keys.Keys(), b.keys.Keys()...)
+	} else {
+		keys = append(slices.Clone(a.children), b.children...)
+	}
+	if len(keys) > c.maxNodeKeys()/2 {
+		return false, nil, nil
+	}
+	m, err := c.newNode(a.level, a.min, b.max, keys)
+	if err != nil {
+		return false, nil, err
+	}
+	kids := slices.Concat(p.children[:i], []bkey.Key{childKey(b.max, m.ptr())}, p.children[i+2:])
+	var p2 *node // p's replacement; nil: m is the new root
+	if gp != nil || len(kids) > 1 {
+		if p2, err = c.newNode(p.level, p.min, p.max, kids); err != nil {
+			c.nodeFree(m)
+			return false, nil, err
+		}
+	}
+	fresh := []*node{m}
+	if p2 != nil {
+		fresh = append(fresh, p2)
+	}
+	if err := c.writeNew(fresh...); err != nil {
+		for _, n := range fresh {
+			c.nodeFree(n)
+		}
+		return false, nil, err
+	}
+	if gp == nil {
+		root := m
+		if p2 != nil {
+			root = p2
+		}
+		c.setRoot(root)
+		for _, n := range fresh {
+			n.lock.Unlock()
+		}
+		c.stats.merges.Add(1)
+		c.stats.rootChanges.Add(1)
+		return true, p, nil
+	}
+	j := gp.childIndex(p.min)
+	if j >= len(gp.children) || gp.children[j].Ptr != p.ptr() {
+		for _, n := range fresh {
+			c.nodeFree(n)
+		}
+		return false, nil, fmt.Errorf("engine: parent in bucket %d does not point at node %d: %w", gp.bucket, p.bucket, errCorruptTree)
+	}
+	gp.children[j].Ptr = p2.ptr()
+	gp.writeMu.Lock()
+	gp.unwritten = append(gp.unwritten, gp.children[j])
+	gp.dirty = true
+	_, err = c.writeNodeLocked(gp)
+	gp.writeMu.Unlock()
+	if err == nil {
+		err = c.syncDev()
+	}
+	for _, n := range fresh {
+		n.lock.Unlock()
+	}
+	if err != nil {
+		// As in rewriteNode: the grandparent's in-memory copy points at the
+		// replacement, the device may not; the error is sticky.
+		c.setErr(err)
+		return false, nil, err
+	}
+	c.stats.merges.Add(1)
+	c.nodeFree(a)
+	c.nodeFree(b)
+	c.nodeFree(p)
+	return true, nil, nil
 }

@@ -66,6 +66,21 @@ type policyChecker interface {
 	check() error
 }
 
+// Kinds returns what every bucket holds, indexed by bucket: its kind while it is
+// in use, KindFree otherwise (free, dead, or being invalidated). It is one
+// snapshot, for consistency checks that compare the allocator with the btree.
+func (a *Allocator) Kinds() []Kind {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	kinds := make([]Kind, a.nbuckets)
+	for b := range a.buckets {
+		if a.buckets[b].state == stateInUse {
+			kinds[b] = a.buckets[b].kind
+		}
+	}
+	return kinds
+}
+
 // Check verifies the allocator's invariants: every bucket is in exactly one place
 // (one free list, the freed queue, a batch being invalidated, or in use), free and
 // dead buckets have no sectors and no pins, usage is within bounds, the totals match

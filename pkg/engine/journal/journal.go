@@ -305,6 +305,20 @@ func (j *Journal) Close() error {
 	return nil
 }
 
+// Fail makes err the journal's sticky error, as if its own IO had failed: every
+// waiting and later Add and Commit returns it (wrapped in ErrIO) and nothing more
+// is written. The engine calls it when the cache set fails, so that no writer
+// waits for ring space that only btree node writes, which now fail, could free.
+// A journal that already failed keeps its first error.
+func (j *Journal) Fail(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err == nil {
+		j.err = errorf(ErrIO, "%w", err)
+		j.broadcastLocked()
+	}
+}
+
 // Seq is the sequence number of the open entry: the one the next Add joins.
 func (j *Journal) Seq() uint64 {
 	j.mu.Lock()
@@ -340,19 +354,6 @@ func (j *Journal) Stats() Stats {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.stats
-}
-
-// Fail makes err the journal's sticky error, as a failed jset write would (the
-// first error stays): every waiter wakes and every later Add and Commit fails
-// with it. The engine calls it when the cache device failed elsewhere, so that
-// nobody waits for journal space that a dead device can never free.
-func (j *Journal) Fail(err error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.err == nil {
-		j.err = errorf(ErrIO, "%w", err)
-		j.broadcastLocked()
-	}
 }
 
 // Err returns the sticky device error, if any.
