@@ -26,6 +26,9 @@ type testingKnobs struct {
 	// SplitFail, when it returns an error, makes a btree split fail after the new
 	// nodes were allocated (the error path that calls nodeFree on them).
 	SplitFail func() error
+	// NoEviction keeps the allocator from invalidating clean data buckets
+	// (tests whose keys point into one hand-made data bucket).
+	NoEviction bool
 }
 
 func (c *CacheSet) journalFlushFix() bool { return !c.knobs.DisableJournalFlushFix }
@@ -72,3 +75,5 @@ func (c *CacheSet) hookSplitFail() error {
 	}
 	return nil
 }
+
+func (c *CacheSet) noEviction() bool { return c.knobs.NoEviction }

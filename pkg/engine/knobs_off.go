@@ -13,3 +13,4 @@ func (c *CacheSet) hookReaped(*node)                    {}
 func (c *CacheSet) hookAssigned(*node)                  {}
 func (c *CacheSet) hookNodeFreeRetry(*node, int)        {}
 func (c *CacheSet) hookSplitFail() error                { return nil }
+func (c *CacheSet) noEviction() bool                    { return false }

@@ -90,6 +90,9 @@ func (c *CacheSet) open() error {
 	default:
 		return fmt.Errorf("%w: unknown replacement policy %q (want lru or slru)", ErrInvalid, c.cfg.Policy)
 	}
+	if c.noEviction() {
+		policy = noEvictionPolicy{alloc.NewLRU(c.layout.NBuckets)}
+	}
 	c.alloc, err = alloc.New(alloc.Config{
 		Policy:        policy,
 		NBuckets:      c.layout.NBuckets,
@@ -412,3 +415,8 @@ func (c *CacheSet) flushAll() error {
 	c.unpinAfterSync(pins)
 	return c.err()
 }
+
+// noEvictionPolicy names no victims (a test knob).
+type noEvictionPolicy struct{ *alloc.LRU }
+
+func (noEvictionPolicy) Victims(int, func(uint32) bool) []uint32 { return nil }
