@@ -140,6 +140,17 @@ func (c *CacheSet) checkNodeCache() []error {
 	nc := c.nc
 	nc.mu.Lock()
 	defer nc.mu.Unlock()
+	// Every live node's write lock stays held until the pins are compared with
+	// the journal's: a node drops its pin in two steps (clear it under writeMu,
+	// unpin after), so a node counted early could otherwise have unpinned by the
+	// time the journal is asked. Nobody takes the cache lock or a second writeMu
+	// while holding one, so holding them all cannot deadlock.
+	var held []*node
+	defer func() {
+		for _, n := range held {
+			n.writeMu.Unlock()
+		}
+	}()
 	pinsBySeq := map[uint64]int64{}
 	count := 0
 	for n := nc.live.head; n != nil; n = n.next {
@@ -151,6 +162,7 @@ func (c *CacheSet) checkNodeCache() []error {
 			bad("live node of bucket %d is not in the hash", n.bucket)
 		}
 		n.writeMu.Lock()
+		held = append(held, n)
 		if n.pin != 0 {
 			if !n.dirty {
 				bad("clean node %d holds a pin on journal entry %d", n.bucket, n.pin)
@@ -160,7 +172,6 @@ func (c *CacheSet) checkNodeCache() []error {
 		if n.journalFlush && !c.flushing.Load() {
 			bad("node %d has journalFlush set with no flush running", n.bucket)
 		}
-		n.writeMu.Unlock()
 	}
 	if count != nc.live.n || len(nc.hash) != nc.live.n {
 		bad("live list has %d nodes, counted %d, hash %d", nc.live.n, count, len(nc.hash))
