@@ -190,31 +190,9 @@ func (c *CacheSet) checkNodeCache() []error {
 		}
 	}
 	for seq, nodes := range pinsBySeq {
-		if pins := c.jnl.Pins(seq); pins < nodes && !c.pinsAgree(seq) {
+		if pins := c.jnl.Pins(seq); pins < nodes {
 			bad("journal entry %d has %d pins, %d nodes hold one", seq, pins, nodes)
 		}
 	}
 	return errs
-}
-
-// pinsAgree counts the nodes pinning journal entry seq again, holding the
-// write locks of all of them while it asks the journal: a node writer clears a
-// node's pin under its write lock before it drops the journal's, so the first
-// count, taken one node at a time, may see a pin the journal has just let go.
-// Caller holds the cache lock.
-func (c *CacheSet) pinsAgree(seq uint64) bool {
-	var held []*node
-	for n := c.nc.live.head; n != nil; n = n.next {
-		n.writeMu.Lock()
-		if n.pin == seq {
-			held = append(held, n)
-		} else {
-			n.writeMu.Unlock()
-		}
-	}
-	ok := c.jnl.Pins(seq) >= int64(len(held))
-	for _, n := range held {
-		n.writeMu.Unlock()
-	}
-	return ok
 }
