@@ -108,6 +108,10 @@ func (cfg *Config) withDefaults(devSize int64) {
 	if cfg.MaxVolumes == 0 {
 		cfg.MaxVolumes = 1024
 	}
+	if cfg.NodeMaxKeys != 0 && cfg.NodeMaxKeys < minNodeMaxKeys {
+		// A compare-and-swap insert needs room for a few keys per part.
+		cfg.NodeMaxKeys = minNodeMaxKeys
+	}
 	if cfg.NodeCacheNodes == 0 {
 		cfg.NodeCacheNodes = 256
 	}
@@ -124,6 +128,9 @@ func (cfg *Config) withDefaults(devSize int64) {
 		cfg.GCInterval = time.Minute
 	}
 }
+
+// minNodeMaxKeys is the smallest NodeMaxKeys honoured.
+const minNodeMaxKeys = 16
 
 // rootInfo is the btree root as the journal records it.
 type rootInfo struct {

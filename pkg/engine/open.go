@@ -361,6 +361,14 @@ func (c *CacheSet) Close() error {
 		c.retireRoots()
 		close(c.closed)
 		c.bgDone.Wait()
+		// One last jset records that no entry is needed any more, so the next
+		// open replays nothing (replay would redo fills and writeback
+		// completions that followed a replayable key).
+		if err == nil && c.err() == nil {
+			if cerr := c.jnl.Commit(c.jnl.Seq()); cerr != nil {
+				err = cerr
+			}
+		}
 		if cerr := c.shutdown(); err == nil {
 			err = cerr
 		}
