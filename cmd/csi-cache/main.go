@@ -20,9 +20,6 @@ import (
 	"github.com/csi-cache/csi-cache/internal/version"
 )
 
-// errNotImplemented is returned by subcommands that are planned but not built yet.
-var errNotImplemented = errors.New("not implemented yet")
-
 // command is one subcommand of the binary.
 type command struct {
 	summary string
