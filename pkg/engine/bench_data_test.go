@@ -355,22 +355,31 @@ func b2f(x bool) float64 {
 // BenchmarkEngineMiss: 4 KiB random reads of blocks not in the cache (each
 // block is read once; when all were, the cache is emptied, timer stopped),
 // against reads of other blocks of the backing store itself at the same
-// concurrency. The backing store is a file on the same disk as the cache file,
-// opened with O_DIRECT ("disk": cold reads) or buffered, as production opens
-// backing files, and entirely in the page cache ("pagecache": the engine's CPU
-// cost against a nearly free read).
+// concurrency. Backing stores:
+//
+//	disk       a file on the cache file's disk, opened with O_DIRECT: cold
+//	           reads, competing with the fills' cache writes for the disk
+//	pagecache  the same file buffered, as production opens backing files, and
+//	           all in the page cache: the engine's CPU cost against a nearly
+//	           free read
+//	delay1ms   1 ms per read over memory (network or disk storage); 32 readers
+//	           only, one reader would take minutes
 func BenchmarkEngineMiss(b *testing.B) {
 	const (
 		volSize   = 256 << 20
 		cacheSize = 512 << 20
 	)
 	dir := b.TempDir()
-	for _, backing := range []string{"disk", "pagecache"} {
+	for _, backing := range []string{"disk", "pagecache", "delay1ms"} {
 		var e *missEnv
-		for _, readers := range []int{1, 32} {
+		readerCounts := []int{1, 32}
+		if backing == "delay1ms" {
+			readerCounts = []int{32}
+		}
+		for _, readers := range readerCounts {
 			b.Run(fmt.Sprintf("backing=%s/readers=%d", backing, readers), func(b *testing.B) {
 				if e == nil {
-					e = newMissEnv(b, filepath.Join(dir, backing), backing == "disk", volSize, cacheSize)
+					e = newMissEnv(b, filepath.Join(dir, backing), backing, volSize, cacheSize)
 				}
 				e.run(b, readers)
 			})
@@ -393,18 +402,27 @@ type missEnv struct {
 	peerPos int
 }
 
-func newMissEnv(b *testing.B, dir string, direct bool, volSize, cacheSize int64) *missEnv {
+func newMissEnv(b *testing.B, dir, backing string, volSize, cacheSize int64) *missEnv {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		b.Fatal(err)
 	}
 	blocks := int(volSize / blockSize)
 	cfg := Config{}
-	if direct {
+	var slow device.Device
+	var mem *device.Mem
+	switch backing {
+	case "disk":
 		cfg.OpenBacking = func(kind BackingKind, path string, size int64, create bool) (device.Device, error) {
 			if kind != BackingFile {
 				return nil, errors.New("bench: file backing only")
 			}
 			return device.OpenFile(path, device.FileOptions{Direct: true, Create: create, Size: size})
+		}
+	case "delay1ms":
+		mem = device.NewMem(volSize)
+		slow = device.NewDelay(mem, device.DelayOptions{Read: time.Millisecond, Write: time.Millisecond, Sync: time.Millisecond})
+		cfg.OpenBacking = func(kind BackingKind, path string, size int64, create bool) (device.Device, error) {
+			return device.NewDelay(mem.Reopen(), device.DelayOptions{Read: time.Millisecond, Write: time.Millisecond, Sync: time.Millisecond}), nil
 		}
 	}
 	s := newBenchSet(b, dir, "cache.img", cacheSize, cfg)
@@ -412,23 +430,35 @@ func newMissEnv(b *testing.B, dir string, direct bool, volSize, cacheSize int64)
 	if err != nil {
 		b.Fatal(err)
 	}
-	fillPattern(b, v.backing, blocks)
-	peer, err := device.OpenFile(v.info.BackingPath, device.FileOptions{Direct: direct})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if direct {
-		if f, ok := v.backing.(*device.File); !ok || !f.DirectIO() || !peer.DirectIO() {
+	var peer device.Device
+	switch backing {
+	case "delay1ms":
+		peer = slow
+		fillPattern(b, mem, blocks)
+	case "disk":
+		fillPattern(b, v.backing, blocks)
+		f, err := device.OpenFile(v.info.BackingPath, device.FileOptions{Direct: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !f.DirectIO() || !v.backing.(*device.File).DirectIO() {
 			b.Logf("backing store: O_DIRECT refused by the filesystem")
 		}
-	} else {
+		peer = f
+	default:
+		fillPattern(b, v.backing, blocks)
+		f, err := device.OpenFile(v.info.BackingPath, device.FileOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
 		// Both read from the page cache: read the file once.
 		buf := device.AlignedBuffer(1 << 20)
 		for off := int64(0); off < volSize; off += int64(len(buf)) {
-			if _, err := peer.ReadAt(buf, off); err != nil {
+			if _, err := f.ReadAt(buf, off); err != nil {
 				b.Fatal(err)
 			}
 		}
+		peer = f
 	}
 	rng := rand.New(rand.NewPCG(3, 3))
 	perm := make([]int32, blocks)
