@@ -130,12 +130,21 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 	start := uint64(off) / sectorSize
 	end := start + uint64(len(p))/sectorSize
 	mode := CacheMode(v.mode.Load())
-	stream := v.seq.observe(start, end-start)
-	cutoff := v.info.SeqCutoff
-	bypass := mode == NoCache || (cutoff != NoSeqCutoff && stream > cutoff)
+	bypass := v.overCutoff(start, end) || mode == NoCache
 	// Even with the cache off, the lookup is needed: leaving writeback mode
 	// leaves dirty data in the cache until writeback drained it.
 	return v.readCached(p, start, end, bypass)
+}
+
+// overCutoff feeds sectors [start, end) to the sequential cutoff and reports
+// whether they continue a stream longer than it. A volume without a cutoff
+// skips the detector (and its lock).
+func (v *Volume) overCutoff(start, end uint64) bool {
+	cutoff := v.info.SeqCutoff // fixed at creation
+	if cutoff == NoSeqCutoff {
+		return false
+	}
+	return v.seq.observe(start, end-start) > cutoff
 }
 
 // gap is a range of sectors [start, end) not in the cache.
@@ -150,7 +159,8 @@ func (v *Volume) readCached(p []byte, start, end uint64, bypass bool) error {
 		if err != nil {
 			return fmt.Errorf("%w: volume %q: btree lookup: %v", ErrIO, v.info.Name, err)
 		}
-		var gaps []gap
+		var gapBuf [4]gap // most reads have few gaps: no allocation
+		gaps := gapBuf[:0]
 		var hits uint64
 		pos, retry := start, false
 		for _, k := range keys {
@@ -299,9 +309,7 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 	start := uint64(off) / sectorSize
 	end := start + uint64(len(p))/sectorSize
 	mode := CacheMode(v.mode.Load())
-	stream := v.seq.observe(start, end-start)
-	cutoff := v.info.SeqCutoff
-	bypass := cutoff != NoSeqCutoff && stream > cutoff
+	bypass := v.overCutoff(start, end)
 
 	locked := v.stripes.lock(start, end)
 	defer v.stripes.unlock(locked)
