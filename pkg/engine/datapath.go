@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/bkey"
@@ -526,10 +527,35 @@ func zeroDevice(dev device.Device, off, n int64) error {
 // dirtyFull reports whether dirty data fills so much of the cache that new
 // writes must bypass it, leaving room for clean data, btree nodes and the
 // writeback of what is dirty (whose btree updates need nodes too).
+//
+// Every writeback-mode write asks, so the answer is the allocator's count of
+// dirty buckets as it was at most dirtyFullRecheck ago: one allocator lock per
+// interval rather than per write. Writes in the meantime can overshoot the
+// limit by what they write in that time, a fraction of a bucket at any rate
+// this path reaches; a write that finds no bucket at all bypasses anyway.
 func (c *CacheSet) dirtyFull() bool {
+	wp := &c.wpDirty
+	now := monotonicNow()
+	if at := wp.fullAt.Load(); at != 0 && now-at < int64(dirtyFullRecheck) {
+		return wp.full.Load()
+	}
 	st := c.alloc.Stats()
-	return st.Dirty >= st.Buckets*dirtyMaxPercent/100
+	full := st.Dirty >= st.Buckets*dirtyMaxPercent/100
+	wp.full.Store(full)
+	wp.fullAt.Store(now)
+	return full
 }
 
-// dirtyMaxPercent caps the buckets holding dirty data.
-const dirtyMaxPercent = 75
+const (
+	// dirtyMaxPercent caps the buckets holding dirty data.
+	dirtyMaxPercent = 75
+	// dirtyFullRecheck is how long dirtyFull trusts its last answer.
+	dirtyFullRecheck = time.Millisecond
+)
+
+// monotonicStart anchors monotonicNow.
+var monotonicStart = time.Now()
+
+// monotonicNow is nanoseconds on the monotonic clock since the package was
+// initialized (never 0 in practice).
+func monotonicNow() int64 { return int64(time.Since(monotonicStart)) + 1 }
