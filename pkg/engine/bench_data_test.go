@@ -126,6 +126,9 @@ type pair struct {
 	// known to be steady, e.g. a fixed delay).
 	peerOps int
 	between func()
+	// cache, if set, has its device writes (data, fills, journal, nodes)
+	// reported per engine op as devw/op.
+	cache *CacheSet
 }
 
 func (p pair) run(b *testing.B) (iops, peerIOPS float64) {
@@ -141,6 +144,10 @@ func (p pair) run(b *testing.B) (iops, peerIOPS float64) {
 	}
 	var engT, peerT time.Duration
 	engDone, peerDone := 0, 0
+	var writes0 uint64
+	if p.cache != nil {
+		writes0 = p.cache.dev.Writes()
+	}
 	b.ResetTimer()
 	b.StopTimer()
 	for r := range rounds {
@@ -180,6 +187,9 @@ func (p pair) run(b *testing.B) (iops, peerIOPS float64) {
 	b.ReportMetric(iops, "iops")
 	b.ReportMetric(peerIOPS, "peer-iops")
 	b.ReportMetric(iops/peerIOPS, "x-peer")
+	if p.cache != nil {
+		b.ReportMetric(float64(p.cache.dev.Writes()-writes0)/float64(n), "devw/op")
+	}
 	return iops, peerIOPS
 }
 
@@ -527,6 +537,7 @@ func (e *missEnv) run(b *testing.B, readers int) {
 				return checkPattern(bufs[w], blk)
 			})
 		},
+		cache: e.s.c,
 	}.run(b)
 	if hits != 0 {
 		b.Fatalf("%d of %d sectors hit the cache", hits, hits+misses)

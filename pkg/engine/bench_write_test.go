@@ -114,6 +114,7 @@ func (e *writeEnv) run(b *testing.B, writers int) {
 				return err
 			})
 		},
+		cache: e.s.c,
 	}.run(b)
 	st := e.v.Stats()
 	written := st.WriteBytes - before.WriteBytes

@@ -133,6 +133,7 @@ func (e *zipfEnv) bench(b *testing.B, tr *zipfTrace, readers int) {
 		},
 		// The peer's speed is the delay: a few thousand reads tell it.
 		peerOps: 8 * 1024,
+		cache:   e.s.c,
 	}.run(b)
 	st := e.v.Stats()
 	hits, misses := st.Hits-before.Hits, st.Misses-before.Misses
