@@ -12,6 +12,7 @@
 #   Write  4 KiB random writes, writeback and writethrough, vs the backing alone
 #
 # Usage: bench/engine-bench.sh [Hit|Miss|Zipf|Write ...]
+#        bench/engine-bench.sh -s FILE   (only the table, of raw output in FILE)
 # Environment: COUNT (default 5), OUT (raw output file; default a temp file),
 # SCALE (multiplies the iteration counts; default 1).
 # The iteration counts are fixed (-benchtime=Nx) so that every repetition does
@@ -22,6 +23,12 @@ cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-5}
 SCALE=${SCALE:-1}
+summary_only=
+if [ "${1:-}" = -s ]; then
+	[ $# -eq 2 ] || { echo "usage: $0 -s FILE" >&2; exit 2; }
+	summary_only=$2
+	OUT=$2
+fi
 OUT=${OUT:-$(mktemp -t engine-bench.XXXXXX)}
 which=("$@")
 [ ${#which[@]} -gt 0 ] || which=(Hit Miss Zipf Write)
@@ -36,15 +43,17 @@ iters() { # benchmark → iterations per run
 	esac
 }
 
-: >"$OUT"
-for w in "${which[@]}"; do
-	n=$(awk -v n="$(iters "$w")" -v s="$SCALE" 'BEGIN { printf "%d", n * s }')
-	echo "== BenchmarkEngine$w: -count=$COUNT -benchtime=${n}x" >&2
-	go test -run '^$' -bench "^BenchmarkEngine$w\$" -count "$COUNT" -benchtime "${n}x" \
-		-timeout 120m ./pkg/engine/ | tee -a "$OUT" >&2
-done
-echo "raw output: $OUT" >&2
-echo
+if [ -z "$summary_only" ]; then
+	: >"$OUT"
+	for w in "${which[@]}"; do
+		n=$(awk -v n="$(iters "$w")" -v s="$SCALE" 'BEGIN { printf "%d", n * s }')
+		echo "== BenchmarkEngine$w: -count=$COUNT -benchtime=${n}x" >&2
+		go test -run '^$' -bench "^BenchmarkEngine$w\$" -count "$COUNT" -benchtime "${n}x" \
+			-timeout 120m ./pkg/engine/ | tee -a "$OUT" >&2
+	done
+	echo "raw output: $OUT" >&2
+	echo
+fi
 
 # Medians per sub-benchmark and metric; the spread of x-peer as min..max.
 awk '
