@@ -131,8 +131,9 @@ func (c *CacheSet) filler() {
 type fillBatch struct {
 	c      *CacheSet
 	reqs   []fillReq
-	gather []byte // aligned, fillMax bytes: the fills of one device write
-	group  []*fillReq
+	gather []byte     // aligned, fillMax bytes: the fills of one device write
+	group  []*fillReq // the fills of one volume
+	live   []*fillReq // those of a chunk no write raced with
 	keys   []bkey.Key
 	ends   []int // keys[ends[i-1]:ends[i]] are group[i]'s keys
 }
@@ -156,42 +157,51 @@ func (f *fillBatch) run() {
 }
 
 // volume writes the fills in f.group, all of volume v (their v fields are
-// cleared: run's mark of what is done).
+// cleared: run's mark of what is done), as many at a time as the gather buffer
+// takes. It holds the volume's IO lock for one device write at a time, as a
+// read would, not for the whole group.
 func (f *fillBatch) volume(v *Volume) {
+	for todo := f.group; len(todo) > 0; {
+		n, ok := f.chunk(v, todo)
+		if !ok {
+			return
+		}
+		todo = todo[n:]
+	}
+}
+
+// chunk writes the first fills of todo that fit in the gather buffer (at least
+// one), and returns how many it took and false if the rest should be dropped.
+func (f *fillBatch) chunk(v *Volume, todo []*fillReq) (int, bool) {
 	c := f.c
 	v.io.RLock()
 	defer v.io.RUnlock()
 	if v.closed {
-		return
+		return 0, false
 	}
-	// Drop the fills a write has raced with already.
-	live := f.group[:0]
-	for _, r := range f.group {
-		sectors := uint64(len(r.buf)) / sectorSize
-		if v.stripes.seqSum(r.start, r.start+sectors) != r.seq {
+	// Pack the fills no write has raced with yet, each 4 KiB aligned.
+	taken, size := 0, 0
+	live := f.live[:0]
+	for _, r := range todo {
+		at := (size + reserveAlign*sectorSize - 1) / (reserveAlign * sectorSize) * (reserveAlign * sectorSize)
+		if at+len(r.buf) > len(f.gather) {
+			break
+		}
+		taken++
+		if v.stripes.seqSum(r.start, r.start+uint64(len(r.buf))/sectorSize) != r.seq {
 			c.stats.fillRaces.Add(1)
 			continue
 		}
+		clear(f.gather[size:at])
+		copy(f.gather[at:], r.buf)
+		size = at + len(r.buf)
 		live = append(live, r)
 	}
-	for len(live) > 0 {
-		// As many fills as the gather buffer takes, each 4 KiB aligned in it.
-		n, size := 0, 0
-		for n < len(live) {
-			at := (size + reserveAlign*sectorSize - 1) / (reserveAlign * sectorSize) * (reserveAlign * sectorSize)
-			if at+len(live[n].buf) > len(f.gather) {
-				break
-			}
-			clear(f.gather[size:at])
-			copy(f.gather[at:], live[n].buf)
-			size = at + len(live[n].buf)
-			n++
-		}
-		if !f.write(v, live[:n], f.gather[:size]) {
-			return
-		}
-		live = live[n:]
+	f.live = live
+	if len(live) == 0 {
+		return taken, true
 	}
+	return taken, f.write(v, live, f.gather[:size])
 }
 
 // write writes data, the fills reqs laid out as volume packed them, to the
