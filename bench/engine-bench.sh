@@ -14,7 +14,9 @@
 # Usage: bench/engine-bench.sh [Hit|Miss|Zipf|Write ...]
 #        bench/engine-bench.sh -s FILE   (only the table, of raw output in FILE)
 # Environment: COUNT (default 5), OUT (raw output file; default a temp file),
-# SCALE (multiplies the iteration counts; default 1).
+# SCALE (multiplies the iteration counts; default 1), CPU (go test -cpu: the
+# GOMAXPROCS values to run with, e.g. 2,8; default the machine's). The table
+# names each row's GOMAXPROCS as P=n.
 # The iteration counts are fixed (-benchtime=Nx) so that every repetition does
 # the same work; they suit a 2-core machine shared with other work (about
 # 12 minutes in all with COUNT=5).
@@ -49,7 +51,7 @@ if [ -z "$summary_only" ]; then
 		n=$(awk -v n="$(iters "$w")" -v s="$SCALE" 'BEGIN { printf "%d", n * s }')
 		echo "== BenchmarkEngine$w: -count=$COUNT -benchtime=${n}x" >&2
 		go test -run '^$' -bench "^BenchmarkEngine$w\$" -count "$COUNT" -benchtime "${n}x" \
-			-timeout 120m ./pkg/engine/ | tee -a "$OUT" >&2
+			${CPU:+-cpu "$CPU"} -timeout 120m ./pkg/engine/ | tee -a "$OUT" >&2
 	done
 	echo "raw output: $OUT" >&2
 	echo
@@ -75,7 +77,8 @@ function target(name) {
 	return ""
 }
 /^Benchmark/ {
-	name = $1; sub(/^Benchmark/, "", name); sub(/-[0-9]+$/, "", name)
+	name = $1; sub(/^Benchmark/, "", name)
+	if (match(name, /-[0-9]+$/)) name = substr(name, 1, RSTART - 1) "/P=" substr(name, RSTART + 1)
 	if (!(name in seen)) { seen[name] = 1; names[++nn] = name }
 	for (i = 3; i + 1 <= NF; i += 2) {
 		unit = $(i + 1)
@@ -84,7 +87,7 @@ function target(name) {
 	}
 }
 END {
-	printf "%-46s %10s %10s %7s %11s %-13s %s\n", "benchmark (medians)", "iops", "peer-iops", "x-peer", "x-peer range", "target", "other metrics"
+	printf "%-52s %10s %10s %7s %11s %-13s %s\n", "benchmark (medians)", "iops", "peer-iops", "x-peer", "x-peer range", "target", "other metrics"
 	for (k = 1; k <= nn; k++) {
 		name = names[k]
 		iops = median(name SUBSEP "iops", cnt[name, "iops"])
@@ -98,6 +101,6 @@ END {
 			if (us[u] == "iops" || us[u] == "peer-iops" || us[u] == "x-peer" || us[u] == "ns/op") continue
 			other = other sprintf(" %s=%.4g", us[u], median(name SUBSEP us[u], cnt[name, us[u]]))
 		}
-		printf "%-46s %10.0f %10.0f %7.3f %11s %-13s%s\n", name, iops, peer, x, minmax(name SUBSEP "x-peer", cnt[name, "x-peer"]), verdict, other
+		printf "%-52s %10.0f %10.0f %7.3f %11s %-13s%s\n", name, iops, peer, x, minmax(name SUBSEP "x-peer", cnt[name, "x-peer"]), verdict, other
 	}
 }' "$OUT"
