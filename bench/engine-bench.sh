@@ -4,6 +4,8 @@
 #
 #   Hit    4 KiB random reads that all hit, 1 and 32 readers, vs pread of the same
 #          blocks of the cache file (target x-peer >= 0.7)
+#   HitMem the same on an in-memory cache device vs a copy from it: the engine's
+#          own cost per hit (ns/op, allocs/op), without the device's
 #   Miss   4 KiB reads of cold blocks vs reads of the backing store itself
 #          (target: overhead <= 10%, i.e. x-peer >= 0.91)
 #   Zipf   Zipf(0.99) 4 KiB reads, 32 readers, volume 10x the cache, backing 1 ms
@@ -11,7 +13,7 @@
 #          simulated LRU, bucket-LRU and Belady's OPT on the same trace
 #   Write  4 KiB random writes, writeback and writethrough, vs the backing alone
 #
-# Usage: bench/engine-bench.sh [Hit|Miss|Zipf|Write ...]
+# Usage: bench/engine-bench.sh [Hit|HitMem|Miss|Zipf|Write ...]
 #        bench/engine-bench.sh -s FILE   (only the table, of raw output in FILE)
 # Environment: COUNT (default 5), OUT (raw output file; default a temp file),
 # SCALE (multiplies the iteration counts; default 1), CPU (go test -cpu: the
@@ -33,15 +35,16 @@ if [ "${1:-}" = -s ]; then
 fi
 OUT=${OUT:-$(mktemp -t engine-bench.XXXXXX)}
 which=("$@")
-[ ${#which[@]} -gt 0 ] || which=(Hit Miss Zipf Write)
+[ ${#which[@]} -gt 0 ] || which=(Hit HitMem Miss Zipf Write)
 
 iters() { # benchmark → iterations per run
 	case $1 in
 	Hit) echo 40000 ;;
+	HitMem) echo 400000 ;;
 	Miss) echo 20000 ;;
 	Zipf) echo 100000 ;;
 	Write) echo 20000 ;;
-	*) echo "unknown benchmark $1 (want Hit, Miss, Zipf or Write)" >&2; exit 2 ;;
+	*) echo "unknown benchmark $1 (want Hit, HitMem, Miss, Zipf or Write)" >&2; exit 2 ;;
 	esac
 }
 
@@ -98,7 +101,7 @@ END {
 		other = ""
 		m = split(units[name], us, " ")
 		for (u = 1; u <= m; u++) {
-			if (us[u] == "iops" || us[u] == "peer-iops" || us[u] == "x-peer" || us[u] == "ns/op") continue
+			if (us[u] == "iops" || us[u] == "peer-iops" || us[u] == "x-peer") continue
 			other = other sprintf(" %s=%.4g", us[u], median(name SUBSEP us[u], cnt[name, us[u]]))
 		}
 		printf "%-52s %10.0f %10.0f %7.3f %11s %-13s%s\n", name, iops, peer, x, minmax(name SUBSEP "x-peer", cnt[name, "x-peer"]), verdict, other
