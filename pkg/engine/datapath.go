@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/bkey"
@@ -130,12 +131,21 @@ func (v *Volume) ReadAt(p []byte, off int64) error {
 	start := uint64(off) / sectorSize
 	end := start + uint64(len(p))/sectorSize
 	mode := CacheMode(v.mode.Load())
-	stream := v.seq.observe(start, end-start)
-	cutoff := v.info.SeqCutoff
-	bypass := mode == NoCache || (cutoff != NoSeqCutoff && stream > cutoff)
+	bypass := v.overCutoff(start, end) || mode == NoCache
 	// Even with the cache off, the lookup is needed: leaving writeback mode
 	// leaves dirty data in the cache until writeback drained it.
 	return v.readCached(p, start, end, bypass)
+}
+
+// overCutoff feeds sectors [start, end) to the sequential cutoff and reports
+// whether they continue a stream longer than it. A volume without a cutoff
+// skips the detector (and its lock).
+func (v *Volume) overCutoff(start, end uint64) bool {
+	cutoff := v.info.SeqCutoff // fixed at creation
+	if cutoff == NoSeqCutoff {
+		return false
+	}
+	return v.seq.observe(start, end-start) > cutoff
 }
 
 // gap is a range of sectors [start, end) not in the cache.
@@ -150,7 +160,8 @@ func (v *Volume) readCached(p []byte, start, end uint64, bypass bool) error {
 		if err != nil {
 			return fmt.Errorf("%w: volume %q: btree lookup: %v", ErrIO, v.info.Name, err)
 		}
-		var gaps []gap
+		var gapBuf [4]gap // most reads have few gaps: no allocation
+		gaps := gapBuf[:0]
 		var hits uint64
 		pos, retry := start, false
 		for _, k := range keys {
@@ -299,9 +310,7 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 	start := uint64(off) / sectorSize
 	end := start + uint64(len(p))/sectorSize
 	mode := CacheMode(v.mode.Load())
-	stream := v.seq.observe(start, end-start)
-	cutoff := v.info.SeqCutoff
-	bypass := cutoff != NoSeqCutoff && stream > cutoff
+	bypass := v.overCutoff(start, end)
 
 	locked := v.stripes.lock(start, end)
 	defer v.stripes.unlock(locked)
@@ -518,11 +527,36 @@ func zeroDevice(dev device.Device, off, n int64) error {
 // dirtyFull reports whether dirty data fills so much of the cache that new
 // writes must bypass it, leaving room for clean data, btree nodes and the
 // writeback of what is dirty (whose btree updates need nodes too).
+//
+// Every writeback-mode write asks, so the answer is the allocator's count of
+// dirty buckets as it was at most dirtyFullRecheck ago: one allocator lock per
+// interval rather than per write. Writes in the meantime can overshoot the
+// limit by what they write in that time, a fraction of a bucket at any rate
+// this path reaches; a write that finds no bucket at all bypasses anyway.
 func (c *CacheSet) dirtyFull() bool {
+	wp := &c.wpDirty
+	now := monotonicNow()
+	if at := wp.fullAt.Load(); at != 0 && now-at < int64(dirtyFullRecheck) {
+		return wp.full.Load()
+	}
 	st := c.alloc.Stats()
-	return st.Dirty+st.Btree+st.Meta >= st.Buckets*dirtyMaxPercent/100
+	full := st.Dirty+st.Btree+st.Meta >= st.Buckets*dirtyMaxPercent/100
+	wp.full.Store(full)
+	wp.fullAt.Store(now)
+	return full
 }
 
-// dirtyMaxPercent caps the buckets holding dirty data and metadata, which
-// cannot be evicted.
-const dirtyMaxPercent = 75
+const (
+	// dirtyMaxPercent caps the buckets holding dirty data and metadata, which
+	// cannot be evicted.
+	dirtyMaxPercent = 75
+	// dirtyFullRecheck is how long dirtyFull trusts its last answer.
+	dirtyFullRecheck = time.Millisecond
+)
+
+// monotonicStart anchors monotonicNow.
+var monotonicStart = time.Now()
+
+// monotonicNow is nanoseconds on the monotonic clock since the package was
+// initialized (never 0 in practice).
+func monotonicNow() int64 { return int64(time.Since(monotonicStart)) + 1 }

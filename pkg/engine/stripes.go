@@ -8,11 +8,18 @@ import (
 
 // Stripe locks order the IO of one volume that changes what a range holds.
 //
-// A volume's LBA space is cut into regions of 1 MiB, hashed onto nStripes
-// stripes. A write takes the stripes of its range (in index order, so two ranges
-// never deadlock) from before it touches a device until its btree insert
-// returned; so overlapping writes insert in the order they wrote, which the
-// btree's overwrite rule needs. Every lock bumps the stripe's sequence number.
+// A volume's LBA space is cut into regions of 64 KiB, mapped round-robin onto
+// nStripes stripes. A write takes the stripes of its range (in index order, so
+// two ranges never deadlock) from before it touches a device until its btree
+// insert returned; so overlapping writes insert in the order they wrote, which
+// the btree's overwrite rule needs. Every lock bumps the stripe's sequence
+// number.
+//
+// The lock is held across device IO, so unrelated writes that share a stripe
+// wait for each other: regions are small and stripes many (random 4 KiB writes
+// by 32 writers over a 64 MiB volume collide about 3% of the time, against
+// about half with 1 MiB regions on 256 stripes). A range of n regions
+// takes min(n, nStripes) stripes.
 //
 // Reads take no stripe lock. A cache fill (a read miss copied into the cache)
 // reads the sequence numbers before reading the backing store and inserts only
@@ -27,15 +34,17 @@ type stripes struct {
 	s [nStripes]stripe
 }
 
+// stripe is 16 bytes, 16 KiB of stripes per volume: neighbouring stripes share
+// cache lines, which costs little as they are neighbouring regions, rarely
+// written at once by different CPUs.
 type stripe struct {
 	mu  sync.Mutex
 	seq atomic.Uint64
-	_   [40]byte // keep stripes on their own cache lines
 }
 
 const (
-	nStripes     = 256
-	stripeShift  = 11 // sectors per region: 2^11 * 512 = 1 MiB
+	nStripes     = 1024
+	stripeShift  = 7 // sectors per region: 2^7 * 512 = 64 KiB
 	stripeWords  = nStripes / 64
 	maxLockSpans = nStripes // a range covering nStripes regions takes them all
 )

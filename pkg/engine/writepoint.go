@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/alloc"
@@ -20,11 +21,17 @@ var errCacheFull = errors.New("engine: cache full")
 // lands in the current bucket of a write point. Dirty and clean data go to
 // different write points, so that clean buckets stay evictable.
 type writePoint struct {
-	mu   sync.Mutex
+	mu   sync.Mutex // guards the fields up to used
 	open bool
 	b    uint32
 	gen  uint32
 	used uint32 // sectors handed out
+
+	// The dirty write point's limit check (see dirtyFull): whether dirty data
+	// filled the cache when the allocator was last asked, and when (on
+	// monotonicNow's clock; 0: never). Atomics, read without mu.
+	full   atomic.Bool
+	fullAt atomic.Int64
 }
 
 // extent is a reserved piece of a write point's bucket.
