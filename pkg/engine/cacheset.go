@@ -165,10 +165,10 @@ type CacheSet struct {
 	// entry at least that new is durable, the journal names the old root.
 	rootSeq atomic.Uint64
 
-	errMu sync.Mutex // guards stickyErr
 	// stickyErr is the first device error that left the on-disk state behind the
 	// in-memory one; once set, every write fails with it.
-	stickyErr error
+	// It is read on every IO, so it is an atomic, not a mutex.
+	stickyErr atomic.Pointer[error]
 
 	stats engineStats
 
@@ -222,15 +222,10 @@ type engineStats struct {
 }
 
 func (c *CacheSet) setErr(err error) {
-	c.errMu.Lock()
-	first := c.stickyErr == nil
-	if first {
-		c.stickyErr = err
-		if c.cfg.Logf != nil {
-			c.cfg.Logf("engine: cache set failed: %v", err)
-		}
+	first := c.stickyErr.CompareAndSwap(nil, &err)
+	if first && c.cfg.Logf != nil {
+		c.cfg.Logf("engine: cache set failed: %v", err)
 	}
-	c.errMu.Unlock()
 	if first && c.jnl != nil {
 		// Nothing can free journal space any more (node writes fail): writers
 		// waiting for it get the error instead of waiting forever.
@@ -240,9 +235,10 @@ func (c *CacheSet) setErr(err error) {
 
 // err returns the sticky error, if any.
 func (c *CacheSet) err() error {
-	c.errMu.Lock()
-	defer c.errMu.Unlock()
-	return c.stickyErr
+	if p := c.stickyErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Err reports the error that stopped the cache set from taking writes, if any.
