@@ -82,9 +82,12 @@ nbd_prewarm() {
 
 # watch_nbd_timeouts runs in the background for the whole scenario (started
 # by init): the first time the kernel logs an NBD request timeout it calls
-# dump_state, while the stuck state may still be there.
+# dump_state, while the stuck state may still be there. A scenario in which
+# timeouts are expected (requests in flight on a killed server's sockets)
+# calls expect_nbd_timeouts first.
 watch_nbd_timeouts() {
   while sleep 1; do
+    [ -e /run/e2e.nbd-timeouts-expected ] && return
     if dmesg | grep -q 'nbd.*Connection timed out'; then
       log "nbd request timeout seen; dumping state"
       dump_state
@@ -92,6 +95,9 @@ watch_nbd_timeouts() {
     fi
   done
 }
+
+# expect_nbd_timeouts turns watch_nbd_timeouts off.
+expect_nbd_timeouts() { : > /run/e2e.nbd-timeouts-expected; }
 
 # watchdog SECONDS starts a background job that calls dump_state if it is
 # not killed (kill $WATCHDOG_PID) within SECONDS.
