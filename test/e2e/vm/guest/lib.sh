@@ -212,5 +212,34 @@ fsck_volume() {
   unstage_block "$1"
 }
 
+# log_fsck_calls puts a wrapper in front of fsck: every call (mount-utils
+# runs "fsck -a DEV" before it mounts an ext4 volume) is logged with its
+# output and exit status to $E2E_OUT/fsck-calls.log; output and status are
+# passed on.
+log_fsck_calls() {
+  _real=$(command -v fsck)
+  [ "$_real" != /usr/local/bin/fsck ] || return 0
+  cat > /usr/local/bin/fsck << EOF
+#!/bin/sh
+out=\$($_real "\$@" 2>&1)
+rc=\$?
+{ echo "fsck \$* -> exit \$rc"; echo "\$out" | sed 's/^/  /'; } >> "$E2E_OUT/fsck-calls.log"
+echo "\$out"
+exit \$rc
+EOF
+  chmod 755 /usr/local/bin/fsck
+}
+
+# fsck_calls_clean fails unless fsck was called (log_fsck_calls) and every
+# call exited 0: at most a journal replay, nothing repaired (exit 1).
+fsck_calls_clean() {
+  grep -q -- '-> exit' "$E2E_OUT/fsck-calls.log" 2> /dev/null || fail "fsck was not called"
+  if grep -- '-> exit' "$E2E_OUT/fsck-calls.log" | grep -qv -- '-> exit 0$'; then
+    cat "$E2E_OUT/fsck-calls.log"
+    fail "fsck found errors to repair before a mount"
+  fi
+  log "ok: $(grep -c -- '-> exit 0' "$E2E_OUT/fsck-calls.log") fsck calls before mounts found nothing to repair"
+}
+
 # mount_device PATH prints the device mounted at PATH.
 mount_device() { awk -v p="$1" '$2 == p { d = $1 } END { print d }' /proc/mounts; }

@@ -5,11 +5,13 @@
 # (nbd.DefaultDeadConnTimeout, 2 minutes), so the filesystem never sees an
 # error: fio (O_DIRECT writes with verify headers, read back at the end)
 # and a writer of fsynced files must both finish without an error, and the
-# data must verify again after an unstage and a new stage. Requests that
+# data must verify again after an unstage and a new stage (where the fsck
+# that NodeStage runs must find nothing to repair). Requests that
 # were in flight on the killed process's sockets are resent when their
 # timeout (30 s) expires, so the writers stall for up to that long.
 
 ID=restart
+log_fsck_calls
 plugin_storage
 start_plugin
 csictl create "$ID" -size 256M -fs ext4 -p cacheMode=writeback -p sequentialCutoff=0
@@ -79,6 +81,7 @@ stage_mount "$ID" ext4
 fio_job --verify_only --output=/tmp/fio-verify.out || { cat /tmp/fio-verify.out; fail "fio verify after restage"; }
 (cd "$T" && md5sum -c -s /tmp/files.md5) || fail "fsynced files differ after restage"
 log "ok: fio's file and the fsynced files verify after unstage and stage"
+fsck_calls_clean
 unstage_mount "$ID"
 fsck_volume "$ID" ext4
 csictl delete "$ID"
