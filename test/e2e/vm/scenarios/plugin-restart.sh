@@ -64,6 +64,9 @@ expect_eq "$(csictl health "$ID")" ok "health of $ID after the restart"
 log "waiting for fio"
 if ! wait $FIO; then
   cat /tmp/fio.out
+  if grep -q 'verify: bad magic header' /tmp/fio.out; then
+    log "blocks fio wrote before the kill read back wrong: acknowledged writes were lost (see README.md, Known product bugs)"
+  fi
   fail "fio failed through the restart"
 fi
 grep -E 'err=|WRITE:|READ:' /tmp/fio.out
