@@ -21,9 +21,10 @@ export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 # shellcheck source=lib/host.sh
 . "$VM_DIR/lib/host.sh"
 
-# Project binaries built for every run (static) and put in the VM's
-# /usr/local/bin.
-E2E_BINARIES=(./cmd/csi-cache ./test/e2e/vm/cmd/e2e-nbd)
+# Binaries built for every run (static) and put in the VM's /usr/local/bin:
+# the project's, and csi-sanity at the csi-test version in go.mod.
+E2E_BINARIES=(./cmd/csi-cache ./test/e2e/vm/cmd/e2e-nbd ./test/e2e/vm/cmd/csictl
+  github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity)
 
 repeat=1 list=0
 names=()

@@ -104,6 +104,7 @@ e2e_initrd() {
   cp "$VM_DIR/guest/init" "$o/init"
   cp "$VM_DIR/guest/lib.sh" "$o/e2e/lib.sh"
   cp "$VM_DIR"/scenarios/*.sh "$o/e2e/scenarios/"
+  cp "$VM_DIR"/scenarios/*.inc "$o/e2e/scenarios/" 2>/dev/null || true   # shared by scenarios
   rm -f "$o"/e2e/scenarios/*.host.sh
   cp "$E2E_RUN"/bin/* "$o/usr/local/bin/"
   chmod 755 "$o/init" "$o"/usr/local/bin/*

@@ -26,6 +26,7 @@ FIO=$!
 wait_for 60 sh -c "[ \$(awk '{ print \$7 }' /sys/block/nbd$N/stat) -gt $(sectors 16) ]" ||
   fail "fio did not start writing"
 log "killing server A (pid $A) after $(written_sectors "nbd$N") sectors written"
+expect_nbd_timeouts # on the requests in flight on the killed sockets
 kill -9 "$A"
 wait "$A" 2>/dev/null || true
 expect_eq "$(e2e-nbd connected "$N")" true "DeviceConnected($N) with its server dead"
