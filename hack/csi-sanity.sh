@@ -56,7 +56,7 @@ trap cleanup EXIT
 # Node specs need a kernel NBD device.
 skip=()
 if ! [ -d /sys/module/nbd ] && ! modprobe nbd 2>/dev/null; then
-  reason="this kernel has no nbd driver (no /sys/module/nbd and 'modprobe nbd' failed): NodeStage cannot attach a volume, so the Node specs are skipped; run `hack/e2e.sh csi-sanity` to run them in a VM"
+  reason="this kernel has no nbd driver (no /sys/module/nbd and 'modprobe nbd' failed): NodeStage cannot attach a volume, so the Node specs are skipped; run them in a VM with: hack/e2e.sh csi-sanity"
   echo "csi-sanity.sh: SKIPPING the Node Service specs: $reason" >&2
   skip=(-ginkgo.skip='Node Service')
 fi
