@@ -1,9 +1,11 @@
 package nbd
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -321,4 +323,85 @@ func TestServeOverUnixSocket(t *testing.T) {
 	if err := <-served; err != ErrServerClosed {
 		t.Fatalf("Serve returned %v", err)
 	}
+}
+
+// TestInlineTakeover: a request the reader executes itself (the backend has
+// been fast) that then blocks must not stop the connection: another
+// goroutine takes over reading, and later requests are answered while the
+// first is still blocked.
+func TestInlineTakeover(t *testing.T) {
+	s := NewServer(Options{})
+	t.Cleanup(func() { shutdownAndCheck(t, s) })
+	hb := newHookBackend(1 << 20)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var blocked atomic.Bool
+	hb.onRead = func(off int64) error {
+		if off == 0 && blocked.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+	if err := s.AddExport("disk", hb, false); err != nil {
+		t.Fatal(err)
+	}
+	kf, sc, err := SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServeExportConn(sc, "disk") }()
+	cc, err := net.FileConn(kf)
+	kf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := newClient(cc, bufio.NewReader(cc))
+	for i := range 20 {
+		c.read(t, uint64(1+i)*4096, 4096)
+	}
+	sc0 := onlyConn(t, s)
+	// However slow this machine was for the reads above, the next request
+	// is to be executed inline: it arrives alone and the backend looks fast.
+	sc0.svcTime.Store(0)
+	slow, err := c.start(CmdRead, 0, 0, 4096, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock() // so that a failure does not leave Shutdown waiting
+	for i := range 20 {
+		// Answered while the first read is blocked (c.read fails after
+		// 20 s without a reply).
+		c.read(t, uint64(1+i)*4096, 4096)
+	}
+	if gen := sc0.rstate.Load() >> 1; gen == 0 {
+		t.Fatal("the blocked read was not executed by the reader; the test did not exercise the takeover")
+	}
+	unblock()
+	if e, _, err := c.wait(slow); err != nil || e != 0 {
+		t.Fatalf("blocked read: errno %v err %v", e, err)
+	}
+	c.read(t, 0, 4096)
+	c.disconnect(t)
+	if err := waitDone(t, done); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// onlyConn returns the server's only connection.
+func onlyConn(t *testing.T, s *Server) *conn {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) != 1 {
+		t.Fatalf("%d connections, want 1", len(s.conns))
+	}
+	for c := range s.conns {
+		return c
+	}
+	return nil
 }
