@@ -63,6 +63,7 @@ type conn struct {
 	// sendReply). Only the writer touches the fields after wmu's group.
 	wmu     sync.Mutex // guards the fields below
 	wqueue  []reply    // replies waiting to be written
+	wqueued int        // bytes (headers and payloads) in wqueue, roughly: only deferReply counts
 	writing bool       // some goroutine is the writer
 
 	wspare []reply     // the writer's batch, swapped with wqueue
@@ -129,16 +130,26 @@ func (c *conn) setDeadline(t time.Time) {
 
 // acquire admits a request of cost payload bytes, waiting for slots. A
 // request larger than the byte budget is admitted when nothing else is in
-// flight.
-func (c *conn) acquire(cost int64) {
+// flight. Before waiting it writes the replies the reader deferred, whose
+// slots it would otherwise wait for.
+func (c *conn) acquire(ex *export, cost int64) {
 	c.slotMu.Lock()
-	defer c.slotMu.Unlock()
-	for c.inFlight >= c.srv.opts.MaxInFlight ||
-		(c.inFlight > 0 && c.inFlightBytes+cost > c.srv.opts.MaxInFlightBytes) {
-		c.slotFree.Wait()
+	if c.fullLocked(cost) {
+		c.slotMu.Unlock()
+		c.flushReplies(ex)
+		c.slotMu.Lock()
+		for c.fullLocked(cost) {
+			c.slotFree.Wait()
+		}
 	}
 	c.inFlight++
 	c.inFlightBytes += cost
+	c.slotMu.Unlock()
+}
+
+func (c *conn) fullLocked(cost int64) bool {
+	return c.inFlight >= c.srv.opts.MaxInFlight ||
+		(c.inFlight > 0 && c.inFlightBytes+cost > c.srv.opts.MaxInFlightBytes)
 }
 
 // release gives back n slots holding cost bytes in all.
@@ -247,9 +258,17 @@ func (c *conn) arm() {
 	}
 }
 
+// readRequests is readLoop's loop. Replies to requests the reader executed
+// itself while more requests were buffered are deferred (queued, not
+// written) and written together before the reader next waits: for the
+// client, for a slot, or on its way out.
 func (c *conn) readRequests(ex *export, gen uint64) error {
+	defer c.flushReplies(ex)
 	var hdr [requestHeaderSize]byte
 	for {
+		if c.br.Buffered() < requestHeaderSize {
+			c.flushReplies(ex)
+		}
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			if errors.Is(err, io.ErrUnexpectedEOF) {
 				return errors.New("nbd: connection closed inside a request header")
@@ -269,9 +288,12 @@ func (c *conn) readRequests(ex *export, gen uint64) error {
 		if r.cmd == CmdWrite && errno != 0 {
 			// The payload follows the header whatever we think of it.
 			if r.length > maxPayloadLimit {
-				c.acquire(0)
+				c.acquire(ex, 0)
 				c.sendReply(ex, reply{cookie: r.cookie, errno: errno, cmd: r.cmd, flags: r.flags, length: r.length, start: start})
 				return errors.New("nbd: rejected write payload too large to skip")
+			}
+			if c.br.Buffered() < int(r.length) {
+				c.flushReplies(ex)
 			}
 			if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
 				return err
@@ -281,13 +303,16 @@ func (c *conn) readRequests(ex *export, gen uint64) error {
 		if errno == 0 && (r.cmd == CmdRead || r.cmd == CmdWrite) {
 			cost = int64(r.length)
 		}
-		c.acquire(cost)
+		c.acquire(ex, cost)
 		if errno != 0 {
 			c.sendReply(ex, reply{cookie: r.cookie, errno: errno, cmd: r.cmd, flags: r.flags, length: r.length, start: start})
 			continue
 		}
 		var payload *[]byte
 		if r.cmd == CmdWrite && r.length > 0 {
+			if c.br.Buffered() < int(r.length) {
+				c.flushReplies(ex)
+			}
 			payload = getBuf(int(r.length))
 			if _, err := io.ReadFull(c.br, *payload); err != nil {
 				putBuf(payload)
@@ -303,8 +328,15 @@ func (c *conn) readRequests(ex *export, gen uint64) error {
 		c.inlineSince.Store(int64(start.Sub(c.epoch)))
 		c.rstate.Store(gen<<1 | 1)
 		c.arm()
-		c.work(ex, r, payload, cost, start)
-		if !c.rstate.CompareAndSwap(gen<<1|1, gen<<1) {
+		rep := c.exec(ex, r, payload, cost, start)
+		replaced := !c.rstate.CompareAndSwap(gen<<1|1, gen<<1)
+		if replaced || c.br.Buffered() < requestHeaderSize {
+			c.sendReply(ex, rep)
+		} else {
+			c.deferReply(ex, rep)
+		}
+		c.workers.Done()
+		if replaced {
 			return errReplaced
 		}
 	}
@@ -321,19 +353,20 @@ const (
 	inlineTakeover   = 500 * time.Microsecond
 )
 
-// inline reports whether the reader should execute r itself: r is a small
-// READ or WRITE, no further request is buffered, and the backend has
-// lately answered such requests within inlineMaxLatency (data in memory or
-// in the page cache). Handing a request that fast to another goroutine
-// costs more than the request (a wake-up, often of another thread), and
-// delaying the next read by that little costs nothing. When the backend
-// is slower (cache misses, a slow device), every request gets its own
-// worker. A request that turns out slow after all (the first miss after
-// many hits) holds up the reading of the next requests only until the
-// takeover timer starts a new reader.
+// inline reports whether the reader should execute r itself rather than
+// start a worker: r is a small READ or WRITE without FUA, and the backend
+// has lately answered such requests within inlineMaxLatency (data in
+// memory, in the page cache, a cache hit). Handing a request that fast to
+// another goroutine costs more than the request (a wake-up, often of
+// another thread), and running a few in a row on the reader costs each
+// little waiting; their replies go out together (deferReply). When the
+// backend is slower (cache misses, a slow device), every request gets its
+// own worker. A request that turns out slow after all (the first miss
+// after many hits) holds up the reading of the next requests only until
+// the takeover timer starts a new reader.
 func (c *conn) inline(r request) bool {
 	return (r.cmd == CmdRead || r.cmd == CmdWrite) && r.length <= inlineMaxLength &&
-		c.br.Buffered() == 0 && time.Duration(c.svcTime.Load()) < inlineMaxLatency
+		r.flags&CmdFlagFUA == 0 && time.Duration(c.svcTime.Load()) < inlineMaxLatency
 }
 
 // observeService folds one service time into svcTime (weight 1/8).
@@ -342,9 +375,15 @@ func (c *conn) observeService(d time.Duration) {
 	c.svcTime.Store(old + (int64(d)-old)/8)
 }
 
-// work executes one admitted request and queues its reply.
+// work executes one admitted request on a worker goroutine and sends its
+// reply.
 func (c *conn) work(ex *export, r request, payload *[]byte, cost int64, start time.Time) {
-	defer c.workers.Done()
+	c.sendReply(ex, c.exec(ex, r, payload, cost, start))
+	c.workers.Done()
+}
+
+// exec executes one admitted request and returns its reply.
+func (c *conn) exec(ex *export, r request, payload *[]byte, cost int64, start time.Time) reply {
 	b := ex.backend
 	off, n := int64(r.offset), int64(r.length)
 	fua := r.flags&CmdFlagFUA != 0
@@ -392,7 +431,7 @@ func (c *conn) work(ex *export, r request, payload *[]byte, cost int64, start ti
 		klog.V(4).InfoS("nbd: request failed", "conn", c.id, "export", ex.name,
 			"cmd", r.cmd, "offset", r.offset, "length", r.length, "err", err)
 	}
-	c.sendReply(ex, rep)
+	return rep
 }
 
 // sendReply queues rep and, if no other goroutine is writing replies,
@@ -408,14 +447,48 @@ func (c *conn) work(ex *export, r request, payload *[]byte, cost int64, start ti
 func (c *conn) sendReply(ex *export, rep reply) {
 	c.wmu.Lock()
 	c.wqueue = append(c.wqueue, rep)
-	if c.writing {
+	c.writeLocked(ex)
+}
+
+// maxDeferredBytes bounds the replies the reader holds back (see
+// readRequests): the first of them waits for the rest.
+const maxDeferredBytes = 128 << 10
+
+// deferReply queues rep without writing it, unless the queue holds
+// maxDeferredBytes. Only the reader defers, and it calls flushReplies
+// before it waits for anything.
+func (c *conn) deferReply(ex *export, rep reply) {
+	c.wmu.Lock()
+	c.wqueue = append(c.wqueue, rep)
+	c.wqueued += replyHeaderSize
+	if rep.data != nil {
+		c.wqueued += len(*rep.data)
+	}
+	if c.wqueued >= maxDeferredBytes {
+		c.writeLocked(ex)
+		return
+	}
+	c.wmu.Unlock()
+}
+
+// flushReplies writes the queued replies unless another goroutine is
+// writing them already.
+func (c *conn) flushReplies(ex *export) {
+	c.wmu.Lock()
+	c.writeLocked(ex)
+}
+
+// writeLocked is called with wmu held and releases it. Unless another
+// goroutine is the writer, it becomes the writer until the queue is empty.
+func (c *conn) writeLocked(ex *export) {
+	if c.writing || len(c.wqueue) == 0 {
 		c.wmu.Unlock()
 		return
 	}
 	c.writing = true
 	for len(c.wqueue) > 0 {
 		batch := c.wqueue
-		c.wqueue = c.wspare[:0]
+		c.wqueue, c.wqueued = c.wspare[:0], 0
 		c.wmu.Unlock()
 		c.writeBatch(ex, batch)
 		clear(batch) // drop the payload pointers

@@ -48,14 +48,16 @@
 //     admits at most Options.MaxInFlight requests and
 //     Options.MaxInFlightBytes payload bytes at a time (a slot is held from
 //     admission until the reply is on the wire), so memory per connection
-//     is bounded. A small READ or WRITE (up to 64 KiB) that is the last
-//     request buffered, on a backend whose recent small requests took
-//     under 20 µs (memory, page cache, a cache hit), the reader executes
-//     itself: waking a worker would cost more than the request. A slower
-//     backend gets a worker for every request. If a request executed this
-//     way takes over 500 µs after all (a miss after many hits), a timer
-//     starts a new reader and the old one leaves when its request is
-//     done, so a slow request never stops the connection for long;
+//     is bounded. A small READ or WRITE (up to 64 KiB, no FUA) on a backend
+//     whose recent small requests took under 20 µs (memory, page cache, a
+//     cache hit) the reader executes itself: waking a worker would cost
+//     more than the request. While more requests are buffered it holds
+//     their replies back (up to 128 KiB) and writes them together before it
+//     waits for anything. A slower backend gets a worker for every request.
+//     If a request the reader executes takes over 500 µs after all (a miss
+//     after many hits), a timer starts a new reader and the old one leaves
+//     when its request is done, so a slow request never stops the
+//     connection for long;
 //   - workers call the Backend and queue the reply;
 //   - whoever queues a reply while no one is writing becomes the writer: it
 //     writes every queued reply with one vectored write, and again until

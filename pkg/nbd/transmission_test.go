@@ -345,19 +345,7 @@ func TestInlineTakeover(t *testing.T) {
 	if err := s.AddExport("disk", hb, false); err != nil {
 		t.Fatal(err)
 	}
-	kf, sc, err := SocketPair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.ServeExportConn(sc, "disk") }()
-	cc, err := net.FileConn(kf)
-	kf.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	c := newClient(cc, bufio.NewReader(cc))
+	c, done := socketPairClient(t, s, "disk")
 	for i := range 20 {
 		c.read(t, uint64(1+i)*4096, 4096)
 	}
@@ -404,4 +392,60 @@ func onlyConn(t *testing.T, s *Server) *conn {
 		return c
 	}
 	return nil
+}
+
+// TestDeferredRepliesFewSlots pipelines many fast reads at a connection
+// with few slots: the reader executes them itself and holds their replies
+// back, so it must write them before it waits for a slot they hold.
+func TestDeferredRepliesFewSlots(t *testing.T) {
+	for _, opts := range []Options{{MaxInFlight: 2}, {MaxInFlightBytes: 8 << 10}} {
+		t.Run(fmt.Sprintf("%+v", opts), func(t *testing.T) {
+			s, mb := newTestServer(t, opts)
+			for i := range 64 {
+				copy(mb.data[i*4096:], fmt.Sprintf("block %d", i))
+			}
+			c, done := socketPairClient(t, s, "disk")
+			c.read(t, 0, 512) // the connection is registered
+			onlyConn(t, s).svcTime.Store(0)
+			calls := make([]*call, 256)
+			for i := range calls {
+				var err error
+				if calls[i], err = c.start(CmdRead, 0, uint64(i%64)*4096, 4096, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, cl := range calls {
+				e, d, err := c.wait(cl)
+				if err != nil || e != 0 {
+					t.Fatalf("read %d: %v %v", i, e, err)
+				}
+				if want := fmt.Sprintf("block %d", i%64); !bytes.HasPrefix(d, []byte(want)) {
+					t.Fatalf("read %d returned %q", i, d[:len(want)])
+				}
+			}
+			c.disconnect(t)
+			if err := waitDone(t, done); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// socketPairClient serves export name on a unix socket pair without a
+// handshake (the kernel attach path) and returns a client on the other end.
+func socketPairClient(t *testing.T, s *Server, name string) (*client, <-chan error) {
+	t.Helper()
+	kf, sc, err := SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServeExportConn(sc, name) }()
+	cc, err := net.FileConn(kf)
+	kf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return newClient(cc, bufio.NewReader(cc)), done
 }
