@@ -276,7 +276,7 @@ echo
 echo "## nbd-compare $started"
 echo
 echo "$(nproc) CPUs, $(fio --version), $(nbdkit --version), $(qemu-nbd --version | head -1)"
-echo "csi-cache: ${CSI_CACHE_SERVE_CMD//$WORKDIR/\$WORKDIR}"
+echo "csi-cache: ${CSI_CACHE_SERVE_CMD//$WORKDIR/\$WORKDIR}; delay row: ${CSI_CACHE_DELAY_SERVE_CMD//$WORKDIR/\$WORKDIR}"
 echo "RUNTIME=$RUNTIME RAMP=$RAMP REPEATS=$REPEATS IMAGE_SIZE=$IMAGE_SIZE; load average $load0 before, $load1 after"
 echo
 echo "| row | csi-cache | nbdkit | qemu-nbd | vs nbdkit | vs qemu-nbd | target |"
