@@ -45,6 +45,10 @@
 #                  the server's state. The command must serve the image's
 #                  content and run in the foreground until SIGTERM.
 #   CSI_CACHE_EXPORT  export name csi-cache serves (default: "")
+#   CSI_CACHE_GOMAXPROCS  GOMAXPROCS for the csi-cache server (default: Go's
+#                  own, the CPU count or cgroup limit). On a 2-vCPU machine
+#                  shared with fio, 1 keeps the Go scheduler's idle threads
+#                  from spinning on the CPU fio needs; see bench/README.md.
 #
 # Until `csi-cache export` can serve an engine volume, csi-cache is stood in
 # for by bench/cmd/nbdserve, pkg/nbd's server on a FileBackend without
@@ -62,6 +66,7 @@ ROWS=${ROWS:-"rr1 rr32 rw1 rw32 r1m w1m delay"}
 IMAGE_SIZE=${IMAGE_SIZE:-1G}
 KEEP=${KEEP:-0}
 CSI_CACHE_EXPORT=${CSI_CACHE_EXPORT:-}
+CSI_CACHE_GOMAXPROCS=${CSI_CACHE_GOMAXPROCS:-}
 
 log() { echo "nbd-compare: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -133,6 +138,9 @@ start_server() { # name
   cmd=${cmd//\{image\}/$image}
   cmd=${cmd//\{socket\}/${sock[$name]}}
   cmd=${cmd//\{dir\}/$dir}
+  if [ -n "$CSI_CACHE_GOMAXPROCS" ] && [[ $name == csi-cache* ]]; then
+    cmd="env GOMAXPROCS=$CSI_CACHE_GOMAXPROCS $cmd"
+  fi
   bash -c "exec $cmd" >"$WORKDIR/$name.$nstart.log" 2>&1 &
   pid[$name]=$!
   local uri i
@@ -277,7 +285,7 @@ echo "## nbd-compare $started"
 echo
 echo "$(nproc) CPUs, $(fio --version), $(nbdkit --version), $(qemu-nbd --version | head -1)"
 echo "csi-cache: ${CSI_CACHE_SERVE_CMD//$WORKDIR/\$WORKDIR}; delay row: ${CSI_CACHE_DELAY_SERVE_CMD//$WORKDIR/\$WORKDIR}"
-echo "RUNTIME=$RUNTIME RAMP=$RAMP REPEATS=$REPEATS IMAGE_SIZE=$IMAGE_SIZE; load average $load0 before, $load1 after"
+echo "RUNTIME=$RUNTIME RAMP=$RAMP REPEATS=$REPEATS IMAGE_SIZE=$IMAGE_SIZE CSI_CACHE_GOMAXPROCS=${CSI_CACHE_GOMAXPROCS:-default}; load average $load0 before, $load1 after"
 echo
 echo "| row | csi-cache | nbdkit | qemu-nbd | vs nbdkit | vs qemu-nbd | target |"
 echo "|---|---:|---:|---:|---:|---:|---|"
