@@ -187,11 +187,11 @@ func parseRequest(b *[requestHeaderSize]byte) (request, error) {
 	}, nil
 }
 
-// putReplyHeader encodes a simple reply header into b.
-func putReplyHeader(b []byte, errno Errno, cookie uint64) {
-	binary.BigEndian.PutUint32(b[0:4], protocol.TRANSMISSION_MAGIC_REPLY)
-	binary.BigEndian.PutUint32(b[4:8], uint32(errno))
-	binary.BigEndian.PutUint64(b[8:16], cookie)
+// appendReplyHeader appends a simple reply header to b.
+func appendReplyHeader(b []byte, errno Errno, cookie uint64) []byte {
+	b = binary.BigEndian.AppendUint32(b, protocol.TRANSMISSION_MAGIC_REPLY)
+	b = binary.BigEndian.AppendUint32(b, uint32(errno))
+	return binary.BigEndian.AppendUint64(b, cookie)
 }
 
 // limits are the checks checkRequest applies for one export.

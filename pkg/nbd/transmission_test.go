@@ -1,9 +1,11 @@
 package nbd
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -321,4 +323,129 @@ func TestServeOverUnixSocket(t *testing.T) {
 	if err := <-served; err != ErrServerClosed {
 		t.Fatalf("Serve returned %v", err)
 	}
+}
+
+// TestInlineTakeover: a request the reader executes itself (the backend has
+// been fast) that then blocks must not stop the connection: another
+// goroutine takes over reading, and later requests are answered while the
+// first is still blocked.
+func TestInlineTakeover(t *testing.T) {
+	s := NewServer(Options{})
+	t.Cleanup(func() { shutdownAndCheck(t, s) })
+	hb := newHookBackend(1 << 20)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var blocked atomic.Bool
+	hb.onRead = func(off int64) error {
+		if off == 0 && blocked.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+		return nil
+	}
+	if err := s.AddExport("disk", hb, false); err != nil {
+		t.Fatal(err)
+	}
+	c, done := socketPairClient(t, s, "disk")
+	for i := range 20 {
+		c.read(t, uint64(1+i)*4096, 4096)
+	}
+	sc0 := onlyConn(t, s)
+	// However slow this machine was for the reads above, the next request
+	// is to be executed inline: it arrives alone and the backend looks fast.
+	sc0.svcTime.Store(0)
+	slow, err := c.start(CmdRead, 0, 0, 4096, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock() // so that a failure does not leave Shutdown waiting
+	for i := range 20 {
+		// Answered while the first read is blocked (c.read fails after
+		// 20 s without a reply).
+		c.read(t, uint64(1+i)*4096, 4096)
+	}
+	if gen := sc0.rstate.Load() >> 1; gen == 0 {
+		t.Fatal("the blocked read was not executed by the reader; the test did not exercise the takeover")
+	}
+	unblock()
+	if e, _, err := c.wait(slow); err != nil || e != 0 {
+		t.Fatalf("blocked read: errno %v err %v", e, err)
+	}
+	c.read(t, 0, 4096)
+	c.disconnect(t)
+	if err := waitDone(t, done); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// onlyConn returns the server's only connection.
+func onlyConn(t *testing.T, s *Server) *conn {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.conns) != 1 {
+		t.Fatalf("%d connections, want 1", len(s.conns))
+	}
+	for c := range s.conns {
+		return c
+	}
+	return nil
+}
+
+// TestDeferredRepliesFewSlots pipelines many fast reads at a connection
+// with few slots: the reader executes them itself and holds their replies
+// back, so it must write them before it waits for a slot they hold.
+func TestDeferredRepliesFewSlots(t *testing.T) {
+	for _, opts := range []Options{{MaxInFlight: 2}, {MaxInFlightBytes: 8 << 10}} {
+		t.Run(fmt.Sprintf("%+v", opts), func(t *testing.T) {
+			s, mb := newTestServer(t, opts)
+			for i := range 64 {
+				copy(mb.data[i*4096:], fmt.Sprintf("block %d", i))
+			}
+			c, done := socketPairClient(t, s, "disk")
+			c.read(t, 0, 512) // the connection is registered
+			onlyConn(t, s).svcTime.Store(0)
+			calls := make([]*call, 256)
+			for i := range calls {
+				var err error
+				if calls[i], err = c.start(CmdRead, 0, uint64(i%64)*4096, 4096, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i, cl := range calls {
+				e, d, err := c.wait(cl)
+				if err != nil || e != 0 {
+					t.Fatalf("read %d: %v %v", i, e, err)
+				}
+				if want := fmt.Sprintf("block %d", i%64); !bytes.HasPrefix(d, []byte(want)) {
+					t.Fatalf("read %d returned %q", i, d[:len(want)])
+				}
+			}
+			c.disconnect(t)
+			if err := waitDone(t, done); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// socketPairClient serves export name on a unix socket pair without a
+// handshake (the kernel attach path) and returns a client on the other end.
+func socketPairClient(t *testing.T, s *Server, name string) (*client, <-chan error) {
+	t.Helper()
+	kf, sc, err := SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServeExportConn(sc, name) }()
+	cc, err := net.FileConn(kf)
+	kf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return newClient(cc, bufio.NewReader(cc)), done
 }
