@@ -33,6 +33,14 @@ func (c *CacheSet) writeNodeLocked(n *node) (pin uint64, err error) {
 		return 0, fmt.Errorf("engine: node in bucket %d: log full (%d + %d bytes > bucket %d)",
 			n.bucket, n.logBytes, len(buf), c.sb.BucketSize)
 	}
+	// Preflush, as the journal does before a jset: the keys in this bset may
+	// point at data (a fill, a write whose jset is not out yet) written but not
+	// synced, and a power loss must not keep the bset without that data.
+	if c.dev.WritesSinceSync() {
+		if err := c.syncDev(); err != nil {
+			return 0, err
+		}
+	}
 	off := c.layout.BucketOffset(n.bucket) + int64(n.logBytes)
 	if _, err := c.dev.WriteAt(buf, off); err != nil {
 		c.setErr(err)
