@@ -38,13 +38,15 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-# scenarios/list: "name timeout-seconds" per line, in run order.
+# scenarios/list: "name timeout-seconds [manual]" per line, in run order; a
+# manual scenario runs only when named.
 declare -A timeout=()
 order=()
-while read -r n t _; do
+while read -r n t flag _; do
   case $n in ''|'#'*) continue ;; esac
   [ -f "$VM_DIR/scenarios/$n.sh" ] || e2e_die "scenarios/list names $n but scenarios/$n.sh is missing"
-  order+=("$n"); timeout[$n]=${t:-300}
+  timeout[$n]=${t:-300}
+  [ "${flag:-}" = manual ] || order+=("$n")
 done < "$VM_DIR/scenarios/list"
 if [ $list = 1 ]; then
   for n in "${order[@]}"; do printf '%-24s %ss\n' "$n" "${timeout[$n]}"; done

@@ -65,7 +65,7 @@ log "waiting for fio"
 if ! wait $FIO; then
   cat /tmp/fio.out
   if grep -q 'verify: bad magic header' /tmp/fio.out; then
-    log "blocks fio wrote before the kill read back wrong: acknowledged writes were lost (see README.md, Product bugs these scenarios found)"
+    log "blocks fio wrote before the kill read back wrong: acknowledged writes were lost (see README.md, Known product bugs)"
   fi
   fail "fio failed through the restart"
 fi
