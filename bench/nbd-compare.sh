@@ -120,7 +120,7 @@ declare -A serve_cmd=(
   [nbdkit-delay]="nbdkit -f -U {socket} --filter=delay file {image} rdelay=1ms wdelay=1ms"
 )
 declare -A export_name=([csi-cache]=$CSI_CACHE_EXPORT [csi-cache-delay]=$CSI_CACHE_EXPORT
-  [nbdkit]= [qemu-nbd]= [nbdkit-delay]=)
+  [nbdkit]="" [qemu-nbd]="" [nbdkit-delay]="")
 
 # ---- servers ---------------------------------------------------------------
 
@@ -169,6 +169,7 @@ stop_server() { # name
   unset "pid[$name]"
 }
 
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
   local name
   for name in "${!pid[@]}"; do stop_server "$name"; done
@@ -233,9 +234,9 @@ log "workdir $WORKDIR; creating a $IMAGE_SIZE random image"
 head -c "$IMAGE_SIZE" /dev/urandom >"$image"
 cat "$image" >/dev/null
 
-cached=() delayrow=0
+cached=()
 for r in $ROWS; do
-  if [ "$r" = delay ]; then delayrow=1; else cached+=("$r"); fi
+  if [ "$r" != delay ]; then cached+=("$r"); fi
 done
 started=$(date -u +%FT%TZ)
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -296,19 +297,19 @@ for r in $ROWS; do
     c=$(median <<<"${samples["$r csi-cache-delay"]:-}")
     k=$(median <<<"${samples["$r nbdkit-delay"]:-}")
     q=
-    want=0.8
+    goal=0.8
   else
     c=$(median <<<"${samples["$r csi-cache"]:-}")
     k=$(median <<<"${samples["$r nbdkit"]:-}")
     q=$(median <<<"${samples["$r qemu-nbd"]:-}")
-    want=1.0
+    goal=1.0
   fi
   rk=$(ratio "$c" "$k")
   rq=$(ratio "$c" "$q")
   verdict=MISS
-  [ "$rk" != - ] && awk -v r="$rk" -v w="$want" 'BEGIN{exit !(r >= w)}' && verdict=PASS
+  [ "$rk" != - ] && awk -v r="$rk" -v w="$goal" 'BEGIN{exit !(r >= w)}' && verdict=PASS
   verdicts+=("$verdict")
-  echo "| $label | $(fmt "$c" "$metric") | $(fmt "$k" "$metric") | $(fmt "$q" "$metric") | $(times "$rk") | $(times "$rq") | ≥ ${want}× nbdkit: $verdict |"
+  echo "| $label | $(fmt "$c" "$metric") | $(fmt "$k" "$metric") | $(fmt "$q" "$metric") | $(times "$rk") | $(times "$rq") | ≥ ${goal}× nbdkit: $verdict |"
 done
 echo
 echo "Server CPU per IO (µs, median; user+system of the server process):"
