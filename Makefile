@@ -12,7 +12,7 @@ FUZZTIME    ?= 10s
 # Test timeout for one package under -race on a 2-core machine.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help build run test test-short lint bench bench-engine fuzz stress e2e deps clean chart-test helm-lint deploy image sanity
+.PHONY: help build run test test-short lint bench bench-engine bench-nbd fuzz stress e2e deps clean chart-test helm-lint deploy image sanity
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench: ## benchmarks of every package (go test -bench)
 
 bench-engine: ## data-path benchmarks vs their peers in the same run (hits vs pread, misses, Zipf vs LRU/OPT, writes), medians of 5
 	./bench/engine-bench.sh
+
+bench-nbd: deps ## csi-cache vs nbdkit vs qemu-nbd over fio's nbd engine, ratio table (~12 min; see bench/README.md)
+	./bench/nbd-compare.sh
 
 fuzz: ## run every fuzz target for FUZZTIME (default 10s) each
 	./hack/fuzz.sh $(FUZZTIME)
