@@ -226,14 +226,11 @@ func (d *Driver) NodeUnstageVolume(_ context.Context, req *csi.NodeUnstageVolume
 		return nil, err
 	}
 	defer unlock()
-	rec, err := d.state.load(id)
+	rec, err := d.stagedOrExisting(id)
 	if err != nil {
 		return nil, err
 	}
 	if rec == nil {
-		if _, err := d.cfg.Store.Volume(id); err != nil {
-			return nil, err
-		}
 		return &csi.NodeUnstageVolumeResponse{}, nil
 	}
 	if rec.StagingPath != path {
@@ -389,14 +386,9 @@ func (d *Driver) NodeUnpublishVolume(_ context.Context, req *csi.NodeUnpublishVo
 		return nil, err
 	}
 	defer unlock()
-	rec, err := d.state.load(id)
+	rec, err := d.stagedOrExisting(id)
 	if err != nil {
 		return nil, err
-	}
-	if rec == nil {
-		if _, err := d.cfg.Store.Volume(id); err != nil {
-			return nil, err
-		}
 	}
 	if err := d.cfg.Mounter.CleanupMountPoint(target); err != nil {
 		return nil, fmt.Errorf("unmounting %s: %w", target, err)
@@ -581,4 +573,17 @@ func (d *Driver) NodeGetStorageHealth(context.Context, *csi.NodeGetStorageHealth
 			Status: csi.StorageHealthErrorType_STORAGE_UNREACHABLE, Reason: "CacheSetError", Message: err.Error()})
 	}
 	return resp, nil
+}
+
+// stagedOrExisting returns volume id's stage record, or nil if it is not
+// staged; a volume that is neither staged nor known is an error (NotFound).
+func (d *Driver) stagedOrExisting(id string) (*stageRecord, error) {
+	rec, err := d.state.load(id)
+	if err != nil || rec != nil {
+		return rec, err
+	}
+	if _, err := d.cfg.Store.Volume(id); err != nil {
+		return nil, err
+	}
+	return nil, nil
 }

@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 	"unsafe"
 
@@ -67,10 +66,6 @@ func (v *Volume) begin() error {
 	return nil
 }
 
-// alignedPool holds 512-byte aligned buffers for device IO with O_DIRECT.
-var alignedPool = sync.Pool{New: func() any { b := device.AlignedBuffer(fillMax); return &b }}
-
-// fillMax is the largest buffer kept in alignedPool (and the largest fill).
 const fillMax = 1 << 20
 
 func isAligned(p []byte) bool {
@@ -107,9 +102,9 @@ func (c *CacheSet) devWrite(p []byte, off int64) error {
 
 func withAligned(n int, fn func(b []byte) error) error {
 	if n <= fillMax {
-		bp := alignedPool.Get().(*[]byte)
-		defer alignedPool.Put(bp)
-		return fn((*bp)[:n])
+		b := getAligned(n)
+		defer putAligned(b)
+		return fn(b)
 	}
 	return fn(device.AlignedBuffer(n))
 }
@@ -503,25 +498,14 @@ func (v *Volume) zero(off, length int64, fua, trim bool) error {
 }
 
 // zeroDevice makes [off, off+n) of dev read as zeroes: a discard (punched hole)
-// if the device can, else written zeroes.
+// if the device can, else written zeroes (zeroRange, as Format does).
 func zeroDevice(dev device.Device, off, n int64) error {
 	if d, ok := dev.(device.Discarder); ok {
 		if err := d.Discard(off, n); err == nil {
 			return nil
 		}
 	}
-	return withAligned(int(min(n, fillMax)), func(b []byte) error {
-		clear(b)
-		for n > 0 {
-			w := min(n, int64(len(b)))
-			if _, err := dev.WriteAt(b[:w], off); err != nil {
-				return err
-			}
-			off += w
-			n -= w
-		}
-		return nil
-	})
+	return zeroRange(dev, off, n)
 }
 
 // dirtyFull reports whether dirty data fills so much of the cache that new

@@ -23,7 +23,7 @@ import (
 type fillReq struct {
 	v     *Volume
 	start uint64 // first sector
-	buf   []byte // from getFillBuf; len(buf) bytes to fill
+	buf   []byte // from getAligned; len(buf) bytes to fill
 	seq   uint64
 }
 
@@ -34,17 +34,17 @@ const (
 	fillBatchMax = fillQueueLen
 )
 
-// fillPools hold the fills' buffers by size class, so that a 4 KiB miss does
-// not pin a 1 MiB buffer while it waits in the queue.
-var fillPools = [...]*device.BufferPool{
+// alignedPools hold aligned buffers for device IO by size class, so that a
+// 4 KiB fill does not pin a 1 MiB buffer while it waits in the queue.
+var alignedPools = [...]*device.BufferPool{
 	device.NewBufferPool(4 << 10),
 	device.NewBufferPool(64 << 10),
 	device.NewBufferPool(fillMax),
 }
 
-// getFillBuf returns an aligned buffer of n <= fillMax bytes.
-func getFillBuf(n int) []byte {
-	for _, p := range fillPools {
+// getAligned returns an aligned buffer of n <= fillMax bytes.
+func getAligned(n int) []byte {
+	for _, p := range alignedPools {
 		if n <= p.Size() {
 			return p.Get()[:n]
 		}
@@ -52,8 +52,8 @@ func getFillBuf(n int) []byte {
 	panic("engine: fill larger than fillMax")
 }
 
-func putFillBuf(b []byte) {
-	for _, p := range fillPools {
+func putAligned(b []byte) {
+	for _, p := range alignedPools {
 		if cap(b) == p.Size() {
 			p.Put(b)
 			return
@@ -80,12 +80,12 @@ func (v *Volume) fill(p []byte, start uint64, seq uint64) {
 	}
 	for len(p) > 0 {
 		n := min(len(p), fillMax)
-		buf := getFillBuf(n)
+		buf := getAligned(n)
 		copy(buf, p[:n])
 		select {
 		case c.fills <- fillReq{v: v, start: start, buf: buf, seq: seq}:
 		default:
-			putFillBuf(buf)
+			putAligned(buf)
 			c.stats.fillsDropped.Add(1)
 		}
 		p = p[n:]
@@ -120,7 +120,7 @@ func (c *CacheSet) filler() {
 			}
 			f.run()
 			for i := range f.reqs {
-				putFillBuf(f.reqs[i].buf)
+				putAligned(f.reqs[i].buf)
 				f.reqs[i] = fillReq{}
 			}
 		}

@@ -45,7 +45,7 @@ func TestFillBatch(t *testing.T) {
 	for _, s := range specs {
 		v := vols[s.vol]
 		end := uint64(s.start) + uint64(s.bytes)/sectorSize
-		buf := getFillBuf(s.bytes)
+		buf := getAligned(s.bytes)
 		copy(buf, data[s.vol][s.start*sectorSize:])
 		seq := v.stripes.seqSum(uint64(s.start), end)
 		if s.raced {
@@ -56,7 +56,7 @@ func TestFillBatch(t *testing.T) {
 	racesBefore := e.c.stats.fillRaces.Load()
 	f.run()
 	for i := range f.reqs {
-		putFillBuf(f.reqs[i].buf)
+		putAligned(f.reqs[i].buf)
 	}
 	if got := e.c.stats.fillRaces.Load() - racesBefore; got != 1 {
 		t.Errorf("%d fills raced, want 1", got)

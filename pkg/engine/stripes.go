@@ -134,8 +134,6 @@ type seqStream struct {
 	bytes uint64
 }
 
-func (d *seqDetector) init() {}
-
 // observe records an IO of n sectors at start and returns the length in bytes of
 // the stream it belongs to.
 func (d *seqDetector) observe(start, n uint64) uint64 {

@@ -277,29 +277,26 @@ func (c *CacheSet) openVolume(r ondisk.VolumeRecord, create bool) (*Volume, erro
 	}
 	v.mode.Store(uint32(r.CacheMode))
 	v.size.Store(r.SizeBytes)
-	v.seq.init()
 	v.wb = newWriteback(v)
 	if BackingKind(r.Backing) == BackingNone {
 		return v, nil
 	}
-	dev, err := c.openBacking(BackingKind(r.Backing), r.BackingPath, int64(r.SizeBytes), create)
-	if err != nil {
-		err = fmt.Errorf("%w: open backing store of volume %q: %v", ErrIO, r.Name, err)
+	// A new volume fails; an existing one is listed anyway, unhealthy.
+	fail := func(err error) (*Volume, error) {
 		if create {
 			return nil, err
 		}
 		v.setUnhealthy(err)
 		return v, err
 	}
+	dev, err := c.openBacking(BackingKind(r.Backing), r.BackingPath, int64(r.SizeBytes), create)
+	if err != nil {
+		return fail(fmt.Errorf("%w: open backing store of volume %q: %v", ErrIO, r.Name, err))
+	}
 	if dev.Size() < int64(r.SizeBytes) {
 		dev.Close()
-		err := fmt.Errorf("%w: backing store %s of volume %q has %d bytes, volume is %d",
-			ErrNoSpace, r.BackingPath, r.Name, dev.Size(), r.SizeBytes)
-		if create {
-			return nil, err
-		}
-		v.setUnhealthy(err)
-		return v, err
+		return fail(fmt.Errorf("%w: backing store %s of volume %q has %d bytes, volume is %d",
+			ErrNoSpace, r.BackingPath, r.Name, dev.Size(), r.SizeBytes))
 	}
 	v.backing = dev
 	return v, nil
