@@ -32,7 +32,9 @@ import (
 //     keys of the range, if any.
 //
 // Durability: a write is durable after Flush (journal committed, cache device and
-// backing store synced) or, with FUA, when it returns.
+// backing store synced) or, with FUA, when it returns. Every write returns only
+// once its journal entry is written (not synced): a crash of the process, unlike
+// power loss, loses no acknowledged write.
 
 const sectorSize = ondisk.SectorSize
 
@@ -347,6 +349,21 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 	if fua {
 		return v.makeDurable(seq, wroteBacking)
 	}
+	return v.c.ackWritten(seq)
+}
+
+// ackWritten waits until journal entry seq (0: none) is written to the cache
+// device, unsynced: an acknowledged write then survives a crash of the process
+// (the kernel keeps a mounted NBD device across a plugin restart, and the
+// filesystem on it counts on every acknowledged write), while power loss still
+// needs FLUSH or FUA.
+func (c *CacheSet) ackWritten(seq uint64) error {
+	if seq == 0 {
+		return nil
+	}
+	if err := c.jnl.WaitWritten(seq); err != nil {
+		return fmt.Errorf("%w: journal write: %v", ErrIO, err)
+	}
 	return nil
 }
 
@@ -494,7 +511,7 @@ func (v *Volume) zero(off, length int64, fua, trim bool) error {
 	if fua {
 		return v.makeDurable(seq, v.backing != nil)
 	}
-	return nil
+	return v.c.ackWritten(seq)
 }
 
 // zeroDevice makes [off, off+n) of dev read as zeroes: a discard (punched hole)

@@ -222,6 +222,7 @@ type Journal struct {
 	head          int64  // write head (block)
 	used          int64  // ring blocks held by closed and durable entries
 	durableSeq    uint64 // newest durable entry (0: none)
+	writtenSeq    uint64 // newest entry whose jset was written, synced or not
 	lastSeqOnDisk uint64 // last_seq of the newest durable jset (0: none)
 	root          Root   // recorded in the newest jset
 	nextVolID     uint64 // recorded in the newest jset

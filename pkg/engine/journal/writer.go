@@ -35,6 +35,33 @@ func (j *Journal) Commit(seq uint64) error {
 	}
 }
 
+// WaitWritten returns when the jset of entry seq has been written to the device,
+// after the preflush that makes what it refers to durable, but before its own
+// sync: the entry survives a crash of this process (not yet a power loss, which
+// Commit covers). Concurrent callers share the write, as committers do. The data
+// path acknowledges writes with it, so that a killed and restarted process finds
+// every acknowledged write.
+func (j *Journal) WaitWritten(seq uint64) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for {
+		if seq <= j.writtenSeq || seq <= j.durableSeq {
+			return nil
+		}
+		if err := j.usableLocked(); err != nil {
+			return err
+		}
+		if open := j.openSeqLocked(); seq > open {
+			return errorf(ErrInvalid, "wait for seq %d, the open entry is %d", seq, open)
+		}
+		if j.commitWanted < seq {
+			j.commitWanted = seq
+			j.kick()
+		}
+		j.waitLocked()
+	}
+}
+
 // Flush commits every key added so far: it is Commit of the open entry if it has
 // keys, else of the newest closed one.
 func (j *Journal) Flush() error {
@@ -131,6 +158,12 @@ func (j *Journal) writeJset(js *Jset, pos int64) (syncs int64, err error) {
 	if _, err := dev.WriteAt(buf, off); err != nil {
 		return syncs, errorf(ErrIO, "write jset %d at %d: %w", js.Seq, off, err)
 	}
+	// Written: a crash of the process can no longer lose it (the kernel or
+	// the device holds it); WaitWritten callers go on while it is synced.
+	j.mu.Lock()
+	j.writtenSeq = max(j.writtenSeq, js.Seq)
+	j.broadcastLocked()
+	j.mu.Unlock()
 	syncs++
 	if err := dev.Sync(); err != nil {
 		return syncs, errorf(ErrIO, "sync jset %d: %w", js.Seq, err)
