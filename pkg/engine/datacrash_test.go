@@ -108,6 +108,17 @@ func (m *sectorModel) allowed(i int, got []byte) bool {
 // result. It returns the IOs done and whether the crash hit inside the workload.
 func runDataCrash(t *testing.T, mode CacheMode, backing BackingKind, seed uint64) (int, bool) {
 	t.Helper()
+	n, hit, err := dataCrashRun(t, mode, backing, seed, testingKnobs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, hit
+}
+
+// dataCrashRun is runDataCrash with test knobs; a lost or stale sector is
+// returned as an error, anything else that goes wrong fails t.
+func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64, knobs testingKnobs) (int, bool, error) {
+	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 17))
 	const volSize = 128 << 10
 	const sectors = volSize / 512
@@ -116,6 +127,7 @@ func runDataCrash(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	cfg.JournalSize = 64 << 10
 	cfg.JournalDelay = time.Duration(rng.IntN(3)) * time.Millisecond
 	cfg.NodeMaxKeys = 8
+	cfg.knobs = knobs
 	if rng.IntN(2) == 0 {
 		cfg.WritebackPercent = -1 // write back at full speed: more interleavings
 	}
@@ -213,11 +225,11 @@ func runDataCrash(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	}
 	for i := range sectors {
 		if !m.allowed(i, got[i*512:(i+1)*512]) {
-			t.Fatalf("seed %d (crash at IO %d, %s, mode %s): sector %d holds neither its durable content nor a write issued since: %s",
+			return ios, hit, fmt.Errorf("seed %d (crash at IO %d, %s, mode %s): sector %d holds neither its durable content nor a write issued since: %s",
 				seed, k, crashMode, mode, i, describe(got[i*512:(i+1)*512]))
 		}
 	}
-	return ios, hit
+	return ios, hit, nil
 }
 
 func describe(b []byte) string {

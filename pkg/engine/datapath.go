@@ -333,6 +333,11 @@ func (v *Volume) WriteAt(p []byte, off int64, fua bool) error {
 			return err
 		}
 		wroteBacking = true
+		// A clean key over dirty data (left by writeback mode) has the same
+		// ordering need as a whiteout: see invalidateCached.
+		if err = v.syncIfHidesDirty(start, end); err != nil {
+			return err
+		}
 		seq, err = v.writeCache(p, start, false)
 		if errors.Is(err, errCacheFull) {
 			v.stats.bypassed.Add(end - start)
@@ -393,6 +398,13 @@ func (v *Volume) writeAround(p []byte, start, end uint64) (uint64, error) {
 
 // invalidateCached journals a whiteout over [start, end) if anything of it is
 // cached, and returns its journal entry (0 if none was needed).
+//
+// The caller has just written the range's new content to the backing store.
+// If the whiteout hides dirty data, the backing store is synced first: a
+// whiteout that reached the cache device before the backing write reached the
+// backing store would, after a power loss, uncover whatever the backing store
+// held before the dirty data was written, content that was never durable or
+// was overwritten since.
 func (v *Volume) invalidateCached(start, end uint64) (uint64, error) {
 	keys, err := v.c.lookup(v.id, start, end)
 	if err != nil {
@@ -401,11 +413,42 @@ func (v *Volume) invalidateCached(start, end uint64) (uint64, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
+	if anyDirty(keys) && !v.c.skipHiddenDirtySync() {
+		if err := v.syncBacking(); err != nil {
+			return 0, err
+		}
+	}
 	seq, err := v.c.insertKeys([]bkey.Key{{Vol: v.id, Start: start, Len: uint32(end - start), Flags: bkey.FlagWhiteout}})
 	if err != nil {
 		return 0, fmt.Errorf("%w: invalidate cached data: %v", ErrIO, err)
 	}
 	return seq, nil
+}
+
+// anyDirty reports whether any of keys holds dirty data.
+func anyDirty(keys []bkey.Key) bool {
+	for _, k := range keys {
+		if k.Flags&bkey.FlagDirty != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// syncIfHidesDirty syncs the backing store if [start, end) holds dirty cached
+// data. The volume's dirty count makes it free when there is none.
+func (v *Volume) syncIfHidesDirty(start, end uint64) error {
+	if v.dirty.Load() <= 0 {
+		return nil
+	}
+	keys, err := v.c.lookup(v.id, start, end)
+	if err != nil {
+		return fmt.Errorf("%w: btree lookup: %v", ErrIO, err)
+	}
+	if anyDirty(keys) && !v.c.skipHiddenDirtySync() {
+		return v.syncBacking()
+	}
+	return nil
 }
 
 // writeCache appends p to a write point and journals and inserts its keys.

@@ -29,6 +29,13 @@ type testingKnobs struct {
 	// NoEviction keeps the allocator from invalidating clean data buckets
 	// (tests whose keys point into one hand-made data bucket).
 	NoEviction bool
+	// SkipHiddenDirtySync makes a write around the cache (or a zeroing) journal
+	// the whiteout over dirty data without syncing the backing store first: a
+	// power loss can then uncover stale backing content (TestDataCrash catches it).
+	SkipHiddenDirtySync bool
+	// NoWriteback keeps the writeback goroutines from starting: dirty data
+	// stays dirty until the volume is closed.
+	NoWriteback bool
 }
 
 func (c *CacheSet) journalFlushFix() bool { return !c.knobs.DisableJournalFlushFix }
@@ -77,3 +84,7 @@ func (c *CacheSet) hookSplitFail() error {
 }
 
 func (c *CacheSet) noEviction() bool { return c.knobs.NoEviction }
+
+func (c *CacheSet) skipHiddenDirtySync() bool { return c.knobs.SkipHiddenDirtySync }
+
+func (c *CacheSet) noWriteback() bool { return c.knobs.NoWriteback }

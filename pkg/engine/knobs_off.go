@@ -14,3 +14,5 @@ func (c *CacheSet) hookAssigned(*node)                  {}
 func (c *CacheSet) hookNodeFreeRetry(*node, int)        {}
 func (c *CacheSet) hookSplitFail() error                { return nil }
 func (c *CacheSet) noEviction() bool                    { return false }
+func (c *CacheSet) skipHiddenDirtySync() bool           { return false }
+func (c *CacheSet) noWriteback() bool                   { return false }

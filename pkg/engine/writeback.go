@@ -70,7 +70,7 @@ func (wb *writeback) kick() {
 }
 
 func (wb *writeback) start() {
-	if wb.v.info.Backing == BackingNone {
+	if wb.v.info.Backing == BackingNone || wb.v.c.noWriteback() {
 		return // nothing to write back to
 	}
 	wb.started.Store(true)
