@@ -18,7 +18,23 @@ func testConfig() Config {
 		NodeCacheNodes: 32,
 		NodeMaxKeys:    16,
 		ReaperInterval: 20 * 1000 * 1000, // 20ms
+		BootID:         testBoot,
 	}
+}
+
+// Boot ids of the tests: every test "boots" as testBoot; a reopen after a
+// simulated power loss is a new boot (afterPowerLoss), or the journal would
+// trust entries written without a flush, whose data the power loss may have
+// dropped. A reopen after a crash of the process keeps testBoot.
+var (
+	testBoot      = [16]byte{0x7e, 0x57, 15: 1}
+	testBootAfter = [16]byte{0x7e, 0x57, 15: 2}
+)
+
+// afterPowerLoss returns cfg for the boot after a power loss.
+func afterPowerLoss(cfg Config) Config {
+	cfg.BootID = testBootAfter
+	return cfg
 }
 
 // newTestSet formats and opens a cache set on a fresh in-memory device.

@@ -70,6 +70,13 @@ type Config struct {
 	ReaperInterval time.Duration
 	// JournalDelay is how long a journal entry stays open without a commit.
 	JournalDelay time.Duration
+	// BootID identifies the running kernel's boot; zero reads it from
+	// /proc/sys/kernel/random/boot_id (CurrentBootID). With a boot id, a write
+	// is acknowledged once its journal entry is written unflushed (it survives
+	// a crash of the process, not a power loss, until the next flush), and after
+	// a reboot unflushed entries that were never made durable are dropped. When
+	// no boot id can be had, every journal entry is written flushed.
+	BootID [16]byte
 
 	// BackingDir holds the backing files of BackingFile volumes (one sparse file
 	// per volume, named by volume id). Required to create such volumes.
@@ -126,6 +133,9 @@ func (cfg *Config) withDefaults(devSize int64) {
 	}
 	if cfg.GCInterval == 0 {
 		cfg.GCInterval = time.Minute
+	}
+	if cfg.BootID == ([16]byte{}) {
+		cfg.BootID, _ = CurrentBootID() // none: every journal entry is flushed
 	}
 }
 

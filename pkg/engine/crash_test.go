@@ -488,7 +488,7 @@ func (b *crashBase) run1(r crashRun) (crashOutcome, error) {
 
 	// The small budget matters while the workload runs; the reopened set only
 	// replays, checks and reads, so it caches the whole tree.
-	cfg2 := cfg
+	cfg2 := afterPowerLoss(cfg)
 	cfg2.NodeCacheNodes = 1024
 	c2, err := Open(img.Reopen(), cfg2)
 	if err != nil {

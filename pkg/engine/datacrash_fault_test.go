@@ -61,8 +61,7 @@ func whiteoutOverDirty(t *testing.T, op string, fault bool) (got, back []byte, a
 	}
 	cacheDev := device.NewFault(mem.Reopen(), nil)
 	backDev := device.NewCrash(backImg.Reopen())
-	open := func(cache, back device.Device) *CacheSet {
-		cfg := cfg
+	open := func(cache, back device.Device, cfg Config) *CacheSet {
 		cfg.BackingDir = "/b"
 		cfg.OpenBacking = func(BackingKind, string, int64, bool) (device.Device, error) { return back, nil }
 		c, err := Open(cache, cfg)
@@ -71,7 +70,7 @@ func whiteoutOverDirty(t *testing.T, op string, fault bool) (got, back []byte, a
 		}
 		return c
 	}
-	c := open(cacheDev, backDev)
+	c := open(cacheDev, backDev, cfg)
 	v, err := c.CreateVolume(VolumeSpec{Name: "v", Size: size, Mode: Writeback, Backing: BackingFile, SeqCutoff: NoSeqCutoff})
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +110,7 @@ func whiteoutOverDirty(t *testing.T, op string, fault bool) (got, back []byte, a
 		t.Fatal(err)
 	}
 	c.Close()
-	c2 := open(mem.Reopen(), backDev.Image())
+	c2 := open(mem.Reopen(), backDev.Image(), afterPowerLoss(cfg))
 	defer c2.Close()
 	if err := c2.Check(); err != nil {
 		t.Fatalf("Check after the crash: %v", err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +45,39 @@ func TestDataCrash(t *testing.T) {
 				}
 			}
 			t.Logf("%d runs, %d crashed inside the workload, %d device IOs", points, crashed, ios)
+			if crashed < points/2 {
+				t.Fatalf("only %d of %d crash points fell inside the workload", crashed, points)
+			}
+		})
+	}
+}
+
+// TestDataProcessCrash is TestDataCrash for a crash of the process (kill -9 of
+// the plugin, which the kernel's mounted NBD device outlives): on the same boot
+// every acknowledged write is found, flushed or not.
+func TestDataProcessCrash(t *testing.T) {
+	points := 100 * stressScale()
+	for _, tc := range []struct {
+		mode    CacheMode
+		backing BackingKind
+	}{
+		{Writethrough, BackingFile}, {Writeback, BackingFile}, {Writearound, BackingFile},
+		{NoCache, BackingFile}, {Writeback, BackingNone},
+	} {
+		t.Run(tc.mode.String()+"-"+tc.backing.String(), func(t *testing.T) {
+			t.Parallel()
+			var crashed int
+			for p := 0; p < points; p++ {
+				seed := uint64(p)*7919 + uint64(tc.mode)*31 + uint64(tc.backing) + 5
+				_, hit, err := dataCrashRun(t, tc.mode, tc.backing, seed, true, testingKnobs{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if hit {
+					crashed++
+				}
+			}
+			t.Logf("%d runs, %d crashed inside the workload", points, crashed)
 			if crashed < points/2 {
 				t.Fatalf("only %d of %d crash points fell inside the workload", crashed, points)
 			}
@@ -108,7 +142,7 @@ func (m *sectorModel) allowed(i int, got []byte) bool {
 // result. It returns the IOs done and whether the crash hit inside the workload.
 func runDataCrash(t *testing.T, mode CacheMode, backing BackingKind, seed uint64) (int, bool) {
 	t.Helper()
-	n, hit, err := dataCrashRun(t, mode, backing, seed, testingKnobs{})
+	n, hit, err := dataCrashRun(t, mode, backing, seed, false, testingKnobs{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +151,12 @@ func runDataCrash(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 
 // dataCrashRun is runDataCrash with test knobs; a lost or stale sector is
 // returned as an error, anything else that goes wrong fails t.
-func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64, knobs testingKnobs) (int, bool, error) {
+//
+// With process, the crash is one of the process, not a power loss: every IO
+// from the k-th on fails, and everything written before stays on the devices
+// (the kernel has it). Every acknowledged write must then be found, flushed or
+// not, on the same boot.
+func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64, process bool, knobs testingKnobs) (int, bool, error) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 17))
 	const volSize = 128 << 10
@@ -138,13 +177,20 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	backImg := device.NewMem(volSize)
 	cacheDev := device.NewCrash(cacheImg.Reopen())
 	backDev := device.NewCrash(backImg.Reopen())
-	open := func(cache, back device.Device) (*CacheSet, error) {
-		cfg := cfg
+	cacheFault := device.NewFault(cacheImg.Reopen(), nil)
+	backFault := device.NewFault(backImg.Reopen(), nil)
+	open := func(cache, back device.Device, cfg Config) (*CacheSet, error) {
 		cfg.BackingDir = "/b"
 		cfg.OpenBacking = func(BackingKind, string, int64, bool) (device.Device, error) { return back, nil }
 		return Open(cache, cfg)
 	}
-	c, err := open(cacheDev, backDev)
+	var c *CacheSet
+	var err error
+	if process {
+		c, err = open(cacheFault, backFault, cfg)
+	} else {
+		c, err = open(cacheDev, backDev, cfg)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,8 +203,19 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	k := int64(1 + rng.IntN(60))
 	crashMode := device.CrashMode(rng.IntN(3))
 	when := func(uint64, device.Op, int64, int64) bool { return count.Add(1) >= k }
-	cacheDev.CrashWhen(when, rand.New(rand.NewPCG(seed, 1)), crashMode)
-	backDev.CrashWhen(when, rand.New(rand.NewPCG(seed, 2)), crashMode)
+	if process {
+		die := func(device.Op, int64, int64) error {
+			if count.Add(1) >= k {
+				return syscall.EIO
+			}
+			return nil
+		}
+		cacheFault.SetInjector(die)
+		backFault.SetInjector(die)
+	} else {
+		cacheDev.CrashWhen(when, rand.New(rand.NewPCG(seed, 1)), crashMode)
+		backDev.CrashWhen(when, rand.New(rand.NewPCG(seed, 2)), crashMode)
+	}
 
 	m := newSectorModel(sectors)
 	for op := 0; op < 60; op++ {
@@ -194,12 +251,15 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 		if err != nil {
 			break
 		}
+		if process {
+			m.flushed() // acknowledged: it must survive the process
+		}
 	}
 	hit := count.Load() >= k
 	// Power loss now, whichever device did not see it yet.
 	c.Close() // fails on the crashed devices; releases goroutines
 	for _, d := range []*device.Crash{cacheDev, backDev} {
-		if !d.Crashed() {
+		if !process && !d.Crashed() {
 			if err := d.Crash(rand.New(rand.NewPCG(seed, 3)), crashMode); err != nil && !errors.Is(err, device.ErrCrashed) {
 				t.Fatal(err)
 			}
@@ -207,7 +267,12 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	}
 	ios := int(count.Load())
 
-	c2, err := open(cacheDev.Image(), backDev.Image())
+	var c2 *CacheSet
+	if process {
+		c2, err = open(cacheImg.Reopen(), backImg.Reopen(), cfg)
+	} else {
+		c2, err = open(cacheDev.Image(), backDev.Image(), afterPowerLoss(cfg))
+	}
 	if err != nil {
 		t.Fatalf("seed %d: reopen after a crash at IO %d (%s): %v", seed, k, crashMode, err)
 	}
@@ -225,8 +290,12 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	}
 	for i := range sectors {
 		if !m.allowed(i, got[i*512:(i+1)*512]) {
+			how := crashMode.String()
+			if process {
+				how = "process crash"
+			}
 			return ios, hit, fmt.Errorf("seed %d (crash at IO %d, %s, mode %s): sector %d holds neither its durable content nor a write issued since: %s",
-				seed, k, crashMode, mode, i, describe(got[i*512:(i+1)*512]))
+				seed, k, how, mode, i, describe(got[i*512:(i+1)*512]))
 		}
 	}
 	return ios, hit, nil

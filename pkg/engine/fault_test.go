@@ -158,7 +158,7 @@ func TestVolumeDeleteIsolationCrash(t *testing.T) {
 		if !cdev.Crashed() {
 			cdev.Crash(nil, device.KeepRandom)
 		}
-		c2, err := Open(cdev.Image(), cfg)
+		c2, err := Open(cdev.Image(), afterPowerLoss(cfg))
 		if err != nil {
 			t.Fatalf("crash at %d: reopen: %v", crashAt, err)
 		}

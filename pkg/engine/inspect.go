@@ -164,6 +164,9 @@ type JournalReport struct {
 	RootGen      uint32 `json:"root_gen"`
 	RootLevel    uint8  `json:"root_level"`
 	NextVolumeID uint64 `json:"next_volume_id"`
+	// DroppedUnflushed counts entries written without a flush on an earlier
+	// boot that a reopen would drop (writes never flushed before a power loss).
+	DroppedUnflushed int `json:"dropped_unflushed,omitempty"`
 	// Scanned is true when the entries come from a tolerant scan because the
 	// engine's journal open failed (see Problems).
 	Scanned bool `json:"scanned,omitempty"`

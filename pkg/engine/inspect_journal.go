@@ -6,17 +6,21 @@ import (
 	"github.com/csi-cache/csi-cache/pkg/engine/journal"
 )
 
-// readJournal finds what a reopen would replay. journal.Open only reads (the
-// writer starts with Start, which is never called here), so its verdict is the
+// readJournal finds what a reopen on this boot would replay. journal.Open with
+// ReadOnly only reads (the writer starts with Start, which is never called here,
+// and dropped unflushed jsets are counted, not erased), so its verdict is the
 // engine's; when it fails, a tolerant scan still shows what the ring holds.
 func (in *inspector) readJournal() {
 	l := &in.layout
 	rep := &JournalReport{Offset: l.JournalOffset, Size: l.JournalSize}
 	in.r.Journal = rep
+	boot, _ := CurrentBootID()
 	j, replay, err := journal.Open(journal.Config{
 		Device: in.dev, Offset: l.JournalOffset, Size: l.JournalSize, SetMagic: in.sb.SetMagic,
+		BootID: journal.BootID(boot), ReadOnly: true,
 	})
 	if err == nil {
+		rep.DroppedUnflushed = replay.Dropped
 		used, _ := j.Fill()
 		j.Close()
 		rep.UsedBytes = used

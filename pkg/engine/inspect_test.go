@@ -294,7 +294,7 @@ workload:
 	crashedImg := cacheDev.Image().(*device.Mem)
 	what := fmt.Sprintf("seed %d (crash at IO %d)", seed, k)
 	r := mustInspectClean(t, crashedImg, what)
-	agreeWithEngine(t, crashedImg, r, cfg, what)
+	agreeWithEngine(t, crashedImg, r, afterPowerLoss(cfg), what)
 	return hit
 }
 

@@ -43,6 +43,9 @@ func (r *Inspection) WriteText(w io.Writer) error {
 		} else {
 			p.sub("replay", "nothing")
 		}
+		if j.DroppedUnflushed > 0 {
+			p.sub("dropped", "%d entries written without a flush on an earlier boot (a reopen drops them: never flushed before the machine went down)", j.DroppedUnflushed)
+		}
 		p.sub("root", "bucket %d gen %d level %d", j.RootBucket, j.RootGen, j.RootLevel)
 		p.sub("next volume id", "%d", j.NextVolumeID)
 	}

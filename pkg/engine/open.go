@@ -115,9 +115,13 @@ func (c *CacheSet) open() error {
 		NeedPreflush: c.dev.WritesSinceSync,
 		NextVolumeID: c.vols.nextID.Load,
 		Delay:        c.cfg.JournalDelay,
+		BootID:       journal.BootID(c.cfg.BootID),
 	})
 	if err != nil {
 		return err
+	}
+	if replay.Dropped > 0 {
+		c.logf("engine: journal: dropped %d entries written without a flush before the machine rebooted (writes never flushed, lost with the power)", replay.Dropped)
 	}
 	c.jnl = j
 	if replay.Root == (journal.Root{}) && len(replay.Entries) == 0 && replay.NextVolumeID == 0 {

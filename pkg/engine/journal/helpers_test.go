@@ -232,7 +232,7 @@ func (j *Journal) dump() string {
 	fmt.Fprintf(&b, "seq=%d durable=%d last_seq=%d used=%d+%d/%d head=%d\n",
 		j.openSeqLocked(), j.durableSeq, j.lastSeqOnDisk, j.used, j.open.cost, j.nblocks, j.head)
 	for i, e := range j.ents {
-		state := [...]string{"open", "closed", "durable"}[e.state]
+		state := [...]string{"open", "closed", "written", "durable"}[e.state]
 		fmt.Fprintf(&b, "  %d %s pins=%d", j.base+uint64(i), state, e.pins)
 		if e.state != stateOpen {
 			fmt.Fprintf(&b, " blocks=%d+%d", e.pos, e.blocks)

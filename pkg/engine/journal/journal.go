@@ -37,12 +37,20 @@
 // # Writing
 //
 // One writer goroutine (Start, Close) closes the open entry and writes it when a
-// committer asks for it (Commit, Flush), when it has been open for Config.Delay,
-// or when an Add waits for space. Before each jset it syncs the device if anything
-// else was written since the last sync (Config.NeedPreflush), so that the data and
-// btree nodes a jset refers to are durable before it; then it writes the jset and
-// syncs. Every committer waiting for a seq up to the written one is released by
-// that one sync (group commit).
+// committer asks for it (Commit, Flush), when a caller waits for it to be written
+// (WaitWritten), when it has been open for Config.Delay, or when an Add waits for
+// space. Before a flushed jset it syncs the device if anything else was written
+// since the last sync (Config.NeedPreflush), so that the data and btree nodes a
+// jset refers to are durable before it; then it writes the jset and syncs. Every
+// committer waiting for a seq up to the written one is released by that one sync
+// (group commit).
+//
+// An entry wanted only written (WaitWritten: the engine acknowledges writes so,
+// because the kernel keeps a mounted NBD device across a restart of the plugin)
+// is written unflushed if Config.BootID is set: without the preflush and the sync,
+// marked with the boot id. It survives a crash of the process, not a power loss.
+// The next flushed jset's preflush makes it durable with everything before it;
+// one is written at least every Config.MaxUnflushed, and for every Commit.
 //
 // # Lock order
 //
@@ -115,7 +123,23 @@ type Config struct {
 	Delay time.Duration
 	// Clock is the source of time of the delay; nil is the real clock.
 	Clock Clock
+	// BootID identifies the running kernel's boot. Non-zero enables unflushed
+	// jsets (see the package comment), and Open trusts unflushed jsets of this
+	// boot only: after a reboot (a power loss) it drops those newer than the
+	// newest flushed one. Zero: every jset is flushed, and Open drops every
+	// unflushed jset past the newest flushed one.
+	BootID BootID
+	// MaxUnflushed bounds how long entries stay written but not durable: the
+	// first jset written that long after the last flushed one is flushed. 0 means
+	// DefaultMaxUnflushed.
+	MaxUnflushed time.Duration
+	// ReadOnly opens the journal for inspection: Open does not erase the
+	// unflushed jsets it drops, and the journal must not be started.
+	ReadOnly bool
 }
+
+// DefaultMaxUnflushed is how long written entries may wait for a flushed jset.
+const DefaultMaxUnflushed = 10 * time.Millisecond
 
 // Clock lets tests control time.
 type Clock interface {
@@ -150,11 +174,15 @@ type Replay struct {
 	// Root and NextVolumeID are those of the newest entry (zero for a new area).
 	Root         Root
 	NextVolumeID uint64
+	// Dropped counts the unflushed jsets of an earlier boot that Open dropped:
+	// entries written, never made durable, and lost with the power.
+	Dropped int
 }
 
 // Stats are counters of a Journal.
 type Stats struct {
 	Writes     int64 // jsets written
+	Unflushed  int64 // of those, written unflushed
 	Syncs      int64 // device syncs, preflushes included
 	Stalls     int64 // Adds and Commits that waited for ring space
 	FlushCalls int64 // calls of the Flush hook
@@ -166,7 +194,8 @@ type entryState uint8
 const (
 	stateOpen    entryState = iota // taking keys; no ring space assigned yet
 	stateClosed                    // placed in the ring, waiting for the writer
-	stateDurable                   // written and synced
+	stateWritten                   // written unflushed: a later flushed jset makes it durable
+	stateDurable                   // written and synced (or made durable by a later flushed jset)
 )
 
 // entry is one FIFO slot: an entry from the oldest unreclaimed one to the open one.
@@ -227,12 +256,17 @@ type Journal struct {
 	root          Root   // recorded in the newest jset
 	nextVolID     uint64 // recorded in the newest jset
 
-	commitWanted uint64 // newest seq a committer waits for
-	spaceWaiters int    // Adds and Commits waiting for ring space
-	flushing     bool   // a waiter is in the Flush hook
-	flushGen     uint64 // gen when the Flush hook was last called
-	timerSeq     uint64 // open entry the delay timer is armed for
-	stopTimer    func() bool
+	commitWanted  uint64    // newest seq a committer waits for
+	writtenWanted uint64    // newest seq a WaitWritten caller waits for
+	lastFlushed   time.Time // when the newest flushed jset was written
+	spaceWaiters  int       // Adds and Commits waiting for ring space
+	flushing      bool      // a waiter is in the Flush hook
+	flushGen      uint64    // gen when the Flush hook was last called
+	timerSeq      uint64    // open entry the delay timer is armed for
+	stopTimer     func() bool
+
+	durableTimer     bool // armed by an unflushed write: see armDurableTimerLocked
+	stopDurableTimer func() bool
 
 	stats Stats
 }
@@ -263,6 +297,9 @@ func newJournal(cfg Config) (*Journal, error) {
 	if j.delay == 0 {
 		j.delay = DefaultDelay
 	}
+	if j.cfg.MaxUnflushed == 0 {
+		j.cfg.MaxUnflushed = DefaultMaxUnflushed
+	}
 	// An entry of maxBlocks always fits once everything else is reclaimed: the
 	// newest jset (1 block) + a skipped tail + the entry + the spare block.
 	j.maxBlocks = min(MaxJsetBlocks, (j.nblocks-2)/2)
@@ -278,10 +315,11 @@ func (j *Journal) MaxKeys() int { return j.maxKeys }
 func (j *Journal) Start() {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.started || j.closed {
+	if j.started || j.closed || j.cfg.ReadOnly {
 		return
 	}
 	j.started = true
+	j.lastFlushed = j.clock.Now()
 	go j.run()
 }
 
@@ -295,6 +333,9 @@ func (j *Journal) Close() error {
 		close(j.closing)
 		if j.stopTimer != nil {
 			j.stopTimer()
+		}
+		if j.stopDurableTimer != nil {
+			j.stopDurableTimer()
 		}
 		j.broadcastLocked()
 	}

@@ -5,7 +5,7 @@ package journal
 // A jset starts at a BlockSize-aligned offset of the journal area and is padded with
 // zeroes to a multiple of BlockSize. It never wraps around the end of the area: a jset
 // that would not fit before the end is written at block 0 instead (see journal.go).
-// All integers are little-endian. Version 1:
+// All integers are little-endian. Version 2:
 //
 //	offset  size
 //	     0     8  magic         setMagic ^ JsetMagic (per cache set: a jset of another
@@ -19,11 +19,14 @@ package journal
 //	    40     4  root_bucket   btree root: bucket,
 //	    44     4  root_gen      generation of that bucket,
 //	    48     1  root_level    and level (0 = the root is a leaf)
-//	    49     3  pad           zero
+//	    49     1  flags         JsetUnflushed or 0
+//	    50     2  pad           zero
 //	    52     4  nkeys         number of keys
 //	    56     4  payload_len   nkeys * KeySize
 //	    60     4  reserved      zero
-//	    64        keys          nkeys keys of KeySize bytes each:
+//	    64    16  boot_id       with JsetUnflushed: the kernel boot id of the machine
+//	                            that wrote it; zero otherwise
+//	    80        keys          nkeys keys of KeySize bytes each:
 //
 //	              offset size
 //	                   0    8  vol
@@ -42,6 +45,12 @@ package journal
 // small area allows fewer (Journal.MaxKeys). The checksum covers the header after
 // itself and the keys; the magic is checked first, so a zeroed or stale block (another
 // set's magic) reads as "bad magic" and a torn write as "checksum mismatch".
+//
+// An unflushed jset (JsetUnflushed) was written without the preflush that makes the
+// data and nodes it refers to durable, and without a sync of its own: it survives a
+// crash of the process (the kernel has every write the process made), not a power
+// loss. Replay trusts it only on the boot that wrote it, or when a later flushed
+// jset was found (whose preflush made it and its data durable); see Open.
 
 import (
 	"encoding/binary"
@@ -56,11 +65,11 @@ const (
 	// (bcache's JSET_MAGIC).
 	JsetMagic uint64 = 0x245235c1a3625032
 	// JsetVersion is the version written and the only one read.
-	JsetVersion = 1
+	JsetVersion = 2
 	// BlockSize is the unit of the journal area: jsets start on and are padded to it.
 	BlockSize = 4096
 	// HeaderSize is the size of a jset's header.
-	HeaderSize = 64
+	HeaderSize = 80
 	// KeySize is the size of an encoded key.
 	KeySize = ondisk.KeySize
 	// MaxJsetSize bounds a jset, so that the decoder never trusts a length field for
@@ -82,12 +91,21 @@ const (
 	offRootBucket = 40
 	offRootGen    = 44
 	offRootLevel  = 48
-	offPad        = 49
+	offFlags      = 49
+	offPad        = 50
 	offNKeys      = 52
 	offPayloadLen = 56
 	offReserved   = 60
+	offBootID     = 64
 	csumStart     = offVersion
 )
+
+// JsetUnflushed is the flag of a jset written without preflush and sync.
+const JsetUnflushed = 1
+
+// BootID identifies one boot of a machine's kernel (Linux:
+// /proc/sys/kernel/random/boot_id). The zero value is "unknown".
+type BootID [16]byte
 
 // Root names the btree root recorded in a jset.
 type Root struct {
@@ -103,6 +121,10 @@ type Jset struct {
 	Root         Root
 	NextVolumeID uint64
 	Keys         []bkey.Key
+	// Unflushed marks a jset written without preflush and sync, on boot BootID
+	// (non-zero). A flushed jset has a zero BootID.
+	Unflushed bool
+	BootID    BootID
 }
 
 // jsetBlocks is the number of blocks a jset of nkeys keys takes on disk.
@@ -125,6 +147,9 @@ func EncodeJset(j *Jset, setMagic uint64) ([]byte, error) {
 	if j.Seq == 0 || j.LastSeq == 0 || j.LastSeq > j.Seq {
 		return nil, errorf(ErrInvalid, "jset seq %d last_seq %d", j.Seq, j.LastSeq)
 	}
+	if j.Unflushed == (j.BootID == BootID{}) {
+		return nil, errorf(ErrInvalid, "jset %d: unflushed %v with boot id %x", j.Seq, j.Unflushed, j.BootID)
+	}
 	payload := len(j.Keys) * KeySize
 	b := make([]byte, jsetBlocks(len(j.Keys))*BlockSize)
 	le := binary.LittleEndian
@@ -136,6 +161,10 @@ func EncodeJset(j *Jset, setMagic uint64) ([]byte, error) {
 	le.PutUint32(b[offRootBucket:], j.Root.Bucket)
 	le.PutUint32(b[offRootGen:], j.Root.Gen)
 	b[offRootLevel] = j.Root.Level
+	if j.Unflushed {
+		b[offFlags] = JsetUnflushed
+		copy(b[offBootID:], j.BootID[:])
+	}
 	le.PutUint32(b[offNKeys:], uint32(len(j.Keys)))
 	le.PutUint32(b[offPayloadLen:], uint32(payload))
 	for i, k := range j.Keys {
@@ -174,8 +203,22 @@ func DecodeJset(b []byte, off int64, setMagic uint64) (*Jset, error) {
 	if j.Seq == 0 || j.LastSeq == 0 || j.LastSeq > j.Seq {
 		return nil, ondisk.Corruptf("jset", off, "seq %d with last_seq %d", j.Seq, j.LastSeq)
 	}
-	if b[offPad] != 0 || b[offPad+1] != 0 || b[offPad+2] != 0 || le.Uint32(b[offReserved:]) != 0 {
+	if b[offPad] != 0 || b[offPad+1] != 0 || le.Uint32(b[offReserved:]) != 0 {
 		return nil, ondisk.Corruptf("jset", off, "nonzero padding in header")
+	}
+	copy(j.BootID[:], b[offBootID:offBootID+16])
+	switch b[offFlags] {
+	case 0:
+		if j.BootID != (BootID{}) {
+			return nil, ondisk.Corruptf("jset", off, "boot id in a flushed jset")
+		}
+	case JsetUnflushed:
+		if j.BootID == (BootID{}) {
+			return nil, ondisk.Corruptf("jset", off, "unflushed jset without a boot id")
+		}
+		j.Unflushed = true
+	default:
+		return nil, ondisk.Corruptf("jset", off, "unknown flags %#02x", b[offFlags])
 	}
 	nkeys := (n - HeaderSize) / KeySize
 	if nkeys > 0 {

@@ -19,6 +19,7 @@ func TestJsetRoundTrip(t *testing.T) {
 	}{
 		{"empty", Jset{Seq: 1, LastSeq: 1}, 1},
 		{"root and volume id", Jset{Seq: 9, LastSeq: 3, Root: Root{Bucket: 7, Gen: 3, Level: 2}, NextVolumeID: 42}, 1},
+		{"unflushed", Jset{Seq: 9, LastSeq: 3, Unflushed: true, BootID: BootID{1, 2, 3, 15: 0xff}, Keys: testKeys(1, 0, 3)}, 1},
 		{"one block full", Jset{Seq: 5, LastSeq: 5, Keys: testKeys(1, 0, (BlockSize-HeaderSize)/KeySize)}, 1},
 		{"two blocks", Jset{Seq: 5, LastSeq: 5, Keys: testKeys(1, 0, (BlockSize-HeaderSize)/KeySize+1)}, 2},
 		{"largest", Jset{Seq: 1 << 40, LastSeq: 1<<40 - 100, Keys: testKeys(3, 1<<50, MaxJsetKeys)}, MaxJsetBlocks},
@@ -54,6 +55,8 @@ func TestEncodeJsetRejects(t *testing.T) {
 		{"seq 0", Jset{Seq: 0, LastSeq: 0}, ErrInvalid},
 		{"last_seq past seq", Jset{Seq: 3, LastSeq: 4}, ErrInvalid},
 		{"too many keys", Jset{Seq: 1, LastSeq: 1, Keys: make([]bkey.Key, MaxJsetKeys+1)}, ErrTooManyKeys},
+		{"unflushed without boot id", Jset{Seq: 1, LastSeq: 1, Unflushed: true}, ErrInvalid},
+		{"boot id without unflushed", Jset{Seq: 1, LastSeq: 1, BootID: BootID{1}}, ErrInvalid},
 	} {
 		if _, err := EncodeJset(&tc.js, testMagic); !errors.Is(err, tc.want) {
 			t.Errorf("%s: got %v, want %v", tc.name, err, tc.want)
@@ -94,7 +97,11 @@ func TestDecodeJsetCorrupt(t *testing.T) {
 			le.PutUint32(b[offPayloadLen:], 200*KeySize)
 			return b
 		}},
-		{"version", func(b []byte) []byte { le.PutUint32(b[offVersion:], 2); reseal(b); return b }},
+		{"version", func(b []byte) []byte { le.PutUint32(b[offVersion:], JsetVersion+1); reseal(b); return b }},
+		{"old version", func(b []byte) []byte { le.PutUint32(b[offVersion:], 1); reseal(b); return b }},
+		{"unknown flag", func(b []byte) []byte { b[offFlags] = 2; reseal(b); return b }},
+		{"unflushed without boot id", func(b []byte) []byte { b[offFlags] = JsetUnflushed; reseal(b); return b }},
+		{"boot id in a flushed jset", func(b []byte) []byte { b[offBootID+3] = 1; reseal(b); return b }},
 		{"seq 0", func(b []byte) []byte { le.PutUint64(b[offSeq:], 0); reseal(b); return b }},
 		{"last_seq 0", func(b []byte) []byte { le.PutUint64(b[offLastSeq:], 0); reseal(b); return b }},
 		{"last_seq past seq", func(b []byte) []byte { le.PutUint64(b[offLastSeq:], 8); reseal(b); return b }},
@@ -122,6 +129,7 @@ func FuzzDecodeJset(f *testing.F) {
 		{Seq: 1, LastSeq: 1},
 		{Seq: 77, LastSeq: 70, Root: Root{Bucket: 3, Gen: 9, Level: 1}, NextVolumeID: 12, Keys: testKeys(2, 100, 4)},
 		{Seq: 5, LastSeq: 5, Keys: testKeys(1, 0, 120)},
+		{Seq: 9, LastSeq: 8, Unflushed: true, BootID: BootID{0xb0, 15: 0x07}, Keys: testKeys(1, 0, 2)},
 	} {
 		b, err := EncodeJset(&js, testMagic)
 		if err != nil {

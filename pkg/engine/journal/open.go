@@ -36,6 +36,14 @@ func Format(dev device.Device, off, size int64) error {
 // is a corruption error (ondisk.IsCorruption). An area with no valid jset (new, or
 // Format-ed) gives an empty replay, and the first entry is seq 1.
 //
+// Unflushed jsets (see jset.go) are trusted if Config.BootID wrote them: the
+// machine has not rebooted since, so every write made before them is on the
+// device. Any other unflushed jset is trusted only if a trusted jset with a larger
+// seq exists (a flushed jset's preflush made everything before it durable). The
+// rest, the unflushed tail of a boot that ended in a power loss, is dropped as if
+// never written, and erased (zeroed and synced, unless Config.ReadOnly) so that
+// the entries written next, which take the same sequence numbers, never meet it.
+//
 // The journal continues after the newest jset: the next entry is seq+1 and is
 // written after it in the ring. See Replay for the references replayed entries hold.
 func Open(cfg Config) (*Journal, *Replay, error) {
@@ -47,11 +55,54 @@ func Open(cfg Config) (*Journal, *Replay, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	found, dropped := j.dropUntrusted(found)
+	if len(dropped) > 0 && !cfg.ReadOnly {
+		if err := j.erase(dropped); err != nil {
+			return nil, nil, err
+		}
+	}
 	rp, err := j.recover(found)
 	if err != nil {
 		return nil, nil, err
 	}
+	rp.Dropped = len(dropped)
 	return j, rp, nil
+}
+
+// dropUntrusted splits the jsets found into those replay may trust and the
+// unflushed ones of another boot past the newest trusted jset.
+func (j *Journal) dropUntrusted(found []foundJset) (kept, dropped []foundJset) {
+	trusted := func(js *Jset) bool {
+		return !js.Unflushed || j.cfg.BootID != (BootID{}) && js.BootID == j.cfg.BootID
+	}
+	var newest uint64
+	for _, f := range found {
+		if trusted(f.js) {
+			newest = max(newest, f.js.Seq)
+		}
+	}
+	for _, f := range found {
+		if trusted(f.js) || f.js.Seq < newest {
+			kept = append(kept, f)
+		} else {
+			dropped = append(dropped, f)
+		}
+	}
+	return kept, dropped
+}
+
+// erase zeroes the blocks of dropped jsets and syncs.
+func (j *Journal) erase(dropped []foundJset) error {
+	for _, f := range dropped {
+		off := j.cfg.Offset + f.pos*BlockSize
+		if _, err := j.cfg.Device.WriteAt(make([]byte, f.blocks*BlockSize), off); err != nil {
+			return errorf(ErrIO, "erase unflushed jset %d at %d: %w", f.js.Seq, off, err)
+		}
+	}
+	if err := j.cfg.Device.Sync(); err != nil {
+		return errorf(ErrIO, "erase unflushed jsets: sync: %w", err)
+	}
+	return nil
 }
 
 // foundJset is a valid jset found by scan.

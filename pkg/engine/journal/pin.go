@@ -309,6 +309,10 @@ func (j *Journal) checkLocked() error {
 			if seq > j.durableSeq {
 				bad("seq %d durable, newest durable is %d", seq, j.durableSeq)
 			}
+		case stateWritten:
+			if seq <= j.durableSeq || seq > j.writtenSeq {
+				bad("seq %d written unflushed, newest durable is %d, newest written %d", seq, j.durableSeq, j.writtenSeq)
+			}
 		case stateClosed:
 			if seq <= j.durableSeq {
 				bad("seq %d not durable, newest durable is %d", seq, j.durableSeq)
