@@ -84,6 +84,12 @@ func (c *CacheSet) gc(initial bool) error {
 	if err != nil {
 		return err
 	}
+	// A bucket no key points into now may still be named by a key that a power
+	// loss would bring back: one overwritten by a key whose journal entry is not
+	// durable yet. Commit what the walk saw before freeing anything.
+	if err := c.jnl.Flush(); err != nil {
+		return err
+	}
 	maxSectors := int(c.sb.BucketSize / sectorSize)
 	freed := 0
 	for b := range nb {

@@ -98,7 +98,7 @@ func (in *inspector) scanJournal(rep *JournalReport) {
 	slices.Sort(seqs)
 	for _, seq := range seqs {
 		js := bySeq[seq]
-		used += (journal.HeaderSize + int64(len(js.Keys))*journal.KeySize + journal.BlockSize - 1) / journal.BlockSize * journal.BlockSize
+		used += js.Blocks() * journal.BlockSize
 		in.replay = append(in.replay, journal.Entry{Seq: js.Seq, Keys: js.Keys, Root: js.Root, NextVolumeID: js.NextVolumeID})
 	}
 	rep.UsedBytes = used

@@ -55,6 +55,13 @@ func (c *CacheSet) isClosed() bool {
 }
 
 func (c *CacheSet) open() error {
+	// A process that crashed on this boot may have left writes the device has
+	// not made durable: nodes and data that what we read next builds on. Sync
+	// them before this process writes anything that depends on them (its
+	// device counter starts at "nothing written since the last sync").
+	if err := c.dev.Sync(); err != nil {
+		return fmt.Errorf("engine: sync the cache device: %w", err)
+	}
 	a, b := make([]byte, ondisk.BlockSize), make([]byte, ondisk.BlockSize)
 	if _, err := c.dev.ReadAt(a, ondisk.SuperblockOffset(ondisk.CopyA)); err != nil {
 		return fmt.Errorf("engine: read superblock: %w", err)

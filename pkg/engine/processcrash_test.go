@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"syscall"
 	"testing"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/device"
@@ -55,7 +54,7 @@ func TestProcessCrashKeepsAcknowledgedWrites(t *testing.T) {
 				}
 			}
 			// The process dies: nothing it does from now on reaches a device.
-			fail := device.FailRange(device.OpAny, 0, 1<<62, syscall.EIO)
+			fail := device.Injector(dieNow) // Sync fails too
 			dead.SetInjector(fail)
 			deadBack.SetInjector(fail)
 			c2 := open(mem.Reopen(), back.Reopen())

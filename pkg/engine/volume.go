@@ -299,6 +299,10 @@ func (c *CacheSet) openVolume(r ondisk.VolumeRecord, create bool) (*Volume, erro
 			ErrNoSpace, r.BackingPath, r.Name, dev.Size(), r.SizeBytes))
 	}
 	v.backing = dev
+	// A process that crashed may have left writes in the page cache or the
+	// device's cache that it acknowledged and never synced: the first Flush
+	// syncs the backing store whatever this process wrote.
+	v.backingDirty.Store(true)
 	return v, nil
 }
 

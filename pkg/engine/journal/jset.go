@@ -46,6 +46,11 @@ package journal
 // itself and the keys; the magic is checked first, so a zeroed or stale block (another
 // set's magic) reads as "bad magic" and a torn write as "checksum mismatch".
 //
+// Version 1 (written before unflushed jsets existed) is version 2 with a 64-byte
+// header: no flags (pad at 49..51), no boot id, keys at 64. It is still read, as a
+// flushed jset, so that a cache set written by an older release opens; it is
+// written only when Jset.Version asks for it (tests).
+//
 // An unflushed jset (JsetUnflushed) was written without the preflush that makes the
 // data and nodes it refers to durable, and without a sync of its own: it survives a
 // crash of the process (the kernel has every write the process made), not a power
@@ -70,6 +75,8 @@ const (
 	BlockSize = 4096
 	// HeaderSize is the size of a jset's header.
 	HeaderSize = 80
+	// HeaderSizeV1 is the size of a version 1 header.
+	HeaderSizeV1 = 64
 	// KeySize is the size of an encoded key.
 	KeySize = ondisk.KeySize
 	// MaxJsetSize bounds a jset, so that the decoder never trusts a length field for
@@ -125,6 +132,22 @@ type Jset struct {
 	// (non-zero). A flushed jset has a zero BootID.
 	Unflushed bool
 	BootID    BootID
+	// Version is the format it was read in; 0 means JsetVersion. EncodeJset
+	// writes version 1 when asked (a flushed jset only).
+	Version int
+}
+
+// headerSize is the header size of format version v.
+func headerSize(v int) int {
+	if v == 1 {
+		return HeaderSizeV1
+	}
+	return HeaderSize
+}
+
+// Blocks is the number of blocks j takes on disk, in its format version.
+func (j *Jset) Blocks() int64 {
+	return (int64(headerSize(j.Version)+len(j.Keys)*KeySize) + BlockSize - 1) / BlockSize
 }
 
 // jsetBlocks is the number of blocks a jset of nkeys keys takes on disk.
@@ -150,11 +173,22 @@ func EncodeJset(j *Jset, setMagic uint64) ([]byte, error) {
 	if j.Unflushed == (j.BootID == BootID{}) {
 		return nil, errorf(ErrInvalid, "jset %d: unflushed %v with boot id %x", j.Seq, j.Unflushed, j.BootID)
 	}
+	version, hs := JsetVersion, HeaderSize
+	switch j.Version {
+	case 0, JsetVersion:
+	case 1:
+		if j.Unflushed {
+			return nil, errorf(ErrInvalid, "jset %d: version 1 has no unflushed jsets", j.Seq)
+		}
+		version, hs = 1, HeaderSizeV1
+	default:
+		return nil, errorf(ErrInvalid, "jset %d: version %d", j.Seq, j.Version)
+	}
 	payload := len(j.Keys) * KeySize
-	b := make([]byte, jsetBlocks(len(j.Keys))*BlockSize)
+	b := make([]byte, (int64(hs+payload)+BlockSize-1)/BlockSize*BlockSize)
 	le := binary.LittleEndian
 	le.PutUint64(b[offMagic:], setMagic^JsetMagic)
-	le.PutUint32(b[offVersion:], JsetVersion)
+	le.PutUint32(b[offVersion:], uint32(version))
 	le.PutUint64(b[offSeq:], j.Seq)
 	le.PutUint64(b[offLastSeq:], j.LastSeq)
 	le.PutUint64(b[offNextVolID:], j.NextVolumeID)
@@ -168,9 +202,9 @@ func EncodeJset(j *Jset, setMagic uint64) ([]byte, error) {
 	le.PutUint32(b[offNKeys:], uint32(len(j.Keys)))
 	le.PutUint32(b[offPayloadLen:], uint32(payload))
 	for i, k := range j.Keys {
-		ondisk.EncodeKey(b[HeaderSize+i*KeySize:], k)
+		ondisk.EncodeKey(b[hs+i*KeySize:], k)
 	}
-	le.PutUint32(b[offCsum:], ondisk.Checksum(b[csumStart:HeaderSize+payload]))
+	le.PutUint32(b[offCsum:], ondisk.Checksum(b[csumStart:hs+payload]))
 	return b, nil
 }
 
@@ -179,7 +213,7 @@ func EncodeJset(j *Jset, setMagic uint64) ([]byte, error) {
 // *ondisk.CorruptionError; DecodeJset never panics and allocates at most len(b) worth
 // of keys, whatever the length fields say.
 func DecodeJset(b []byte, off int64, setMagic uint64) (*Jset, error) {
-	n, err := jsetLen(b, off, setMagic)
+	n, version, err := jsetLen(b, off, setMagic)
 	if err != nil {
 		return nil, err
 	}
@@ -187,9 +221,7 @@ func DecodeJset(b []byte, off int64, setMagic uint64) (*Jset, error) {
 	if got, want := le.Uint32(b[offCsum:]), ondisk.Checksum(b[csumStart:n]); got != want {
 		return nil, ondisk.Corruptf("jset", off, "checksum mismatch: stored %#08x, computed %#08x", got, want)
 	}
-	if v := le.Uint32(b[offVersion:]); v != JsetVersion {
-		return nil, ondisk.Corruptf("jset", off, "version %d, want %d", v, JsetVersion)
-	}
+	hs := headerSize(version)
 	j := &Jset{
 		Seq:          le.Uint64(b[offSeq:]),
 		LastSeq:      le.Uint64(b[offLastSeq:]),
@@ -206,7 +238,14 @@ func DecodeJset(b []byte, off int64, setMagic uint64) (*Jset, error) {
 	if b[offPad] != 0 || b[offPad+1] != 0 || le.Uint32(b[offReserved:]) != 0 {
 		return nil, ondisk.Corruptf("jset", off, "nonzero padding in header")
 	}
-	copy(j.BootID[:], b[offBootID:offBootID+16])
+	if version == 1 {
+		j.Version = 1
+		if b[offFlags] != 0 {
+			return nil, ondisk.Corruptf("jset", off, "nonzero padding in header")
+		}
+	} else {
+		copy(j.BootID[:], b[offBootID:offBootID+16])
+	}
 	switch b[offFlags] {
 	case 0:
 		if j.BootID != (BootID{}) {
@@ -220,12 +259,12 @@ func DecodeJset(b []byte, off int64, setMagic uint64) (*Jset, error) {
 	default:
 		return nil, ondisk.Corruptf("jset", off, "unknown flags %#02x", b[offFlags])
 	}
-	nkeys := (n - HeaderSize) / KeySize
+	nkeys := (n - hs) / KeySize
 	if nkeys > 0 {
 		j.Keys = make([]bkey.Key, nkeys)
 	}
 	for i := range j.Keys {
-		k, ok := decodeKey(b[HeaderSize+i*KeySize:])
+		k, ok := decodeKey(b[hs+i*KeySize:])
 		if !ok {
 			return nil, ondisk.Corruptf("jset", off, "key %d: nonzero padding", i)
 		}
@@ -234,26 +273,36 @@ func DecodeJset(b []byte, off int64, setMagic uint64) (*Jset, error) {
 	return j, nil
 }
 
-// jsetLen checks the magic and the length fields of the jset at the start of b and
-// returns the length of its checksummed part (header and keys), which lies in b.
-func jsetLen(b []byte, off int64, setMagic uint64) (int, error) {
-	if len(b) < HeaderSize {
-		return 0, ondisk.Corruptf("jset", off, "short: %d bytes", len(b))
+// jsetLen checks the magic, the version and the length fields of the jset at the
+// start of b and returns the length of its checksummed part (header and keys),
+// which lies in b, and its version. (The version is read before the checksum is
+// checked, since it decides the header size; a wrong one fails the checksum.)
+func jsetLen(b []byte, off int64, setMagic uint64) (int, int, error) {
+	if len(b) < HeaderSizeV1 {
+		return 0, 0, ondisk.Corruptf("jset", off, "short: %d bytes", len(b))
 	}
 	le := binary.LittleEndian
 	if m := le.Uint64(b[offMagic:]); m != setMagic^JsetMagic {
-		return 0, ondisk.Corruptf("jset", off, "bad magic %#016x", m)
+		return 0, 0, ondisk.Corruptf("jset", off, "bad magic %#016x", m)
+	}
+	v := le.Uint32(b[offVersion:])
+	if v != JsetVersion && v != 1 {
+		return 0, 0, ondisk.Corruptf("jset", off, "version %d, want %d (or 1)", v, JsetVersion)
+	}
+	hs := headerSize(int(v))
+	if len(b) < hs {
+		return 0, 0, ondisk.Corruptf("jset", off, "short: %d bytes", len(b))
 	}
 	nkeys, payload := le.Uint32(b[offNKeys:]), le.Uint32(b[offPayloadLen:])
 	switch {
 	case nkeys > MaxJsetKeys:
-		return 0, ondisk.Corruptf("jset", off, "%d keys, at most %d", nkeys, MaxJsetKeys)
+		return 0, 0, ondisk.Corruptf("jset", off, "%d keys, at most %d", nkeys, MaxJsetKeys)
 	case payload != nkeys*KeySize:
-		return 0, ondisk.Corruptf("jset", off, "payload length %d for %d keys", payload, nkeys)
-	case HeaderSize+int(payload) > len(b):
-		return 0, ondisk.Corruptf("jset", off, "truncated: needs %d bytes, have %d", HeaderSize+payload, len(b))
+		return 0, 0, ondisk.Corruptf("jset", off, "payload length %d for %d keys", payload, nkeys)
+	case hs+int(payload) > len(b):
+		return 0, 0, ondisk.Corruptf("jset", off, "truncated: needs %d bytes, have %d", hs+int(payload), len(b))
 	}
-	return HeaderSize + int(payload), nil
+	return hs + int(payload), int(v), nil
 }
 
 // decodeKey reads a key written by ondisk.EncodeKey; ok is false if its padding

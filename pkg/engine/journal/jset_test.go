@@ -130,16 +130,17 @@ func FuzzDecodeJset(f *testing.F) {
 		{Seq: 77, LastSeq: 70, Root: Root{Bucket: 3, Gen: 9, Level: 1}, NextVolumeID: 12, Keys: testKeys(2, 100, 4)},
 		{Seq: 5, LastSeq: 5, Keys: testKeys(1, 0, 120)},
 		{Seq: 9, LastSeq: 8, Unflushed: true, BootID: BootID{0xb0, 15: 0x07}, Keys: testKeys(1, 0, 2)},
+		{Seq: 6, LastSeq: 2, Version: 1, Keys: testKeys(1, 0, 3)},
 	} {
 		b, err := EncodeJset(&js, testMagic)
 		if err != nil {
 			f.Fatal(err)
 		}
-		n := HeaderSize + len(js.Keys)*KeySize
+		n := headerSize(js.Version) + len(js.Keys)*KeySize
 		f.Add(b)
 		f.Add(b[:n])
 		f.Add(b[:n-1])
-		f.Add(b[:HeaderSize])
+		f.Add(b[:headerSize(js.Version)])
 	}
 	f.Add([]byte{})
 	f.Add(make([]byte, BlockSize))
@@ -159,9 +160,32 @@ func FuzzDecodeJset(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encode: %v", err)
 		}
-		n := HeaderSize + len(js.Keys)*KeySize
+		n := headerSize(js.Version) + len(js.Keys)*KeySize
 		if !bytes.Equal(enc[:n], b[:n]) {
 			t.Fatalf("re-encoded jset differs:\n%x\n%x", enc[:n], b[:n])
 		}
 	})
+}
+
+// TestJsetV1: version 1 jsets (written before unflushed jsets) still decode, as
+// flushed ones taking their own (64-byte header) number of blocks.
+func TestJsetV1(t *testing.T) {
+	js := Jset{Seq: 6, LastSeq: 2, Root: Root{Bucket: 4, Gen: 2, Level: 1}, NextVolumeID: 3, Version: 1, Keys: testKeys(1, 0, (BlockSize-HeaderSizeV1)/KeySize)}
+	b, err := EncodeJset(&js, testMagic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != BlockSize || js.Blocks() != 1 {
+		t.Fatalf("a full version 1 block: %d bytes, %d blocks", len(b), js.Blocks())
+	}
+	got, err := DecodeJset(b, 0, testMagic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != 1 || got.Unflushed || got.Seq != 6 || got.Root != js.Root || len(got.Keys) != len(js.Keys) || got.Blocks() != 1 {
+		t.Fatalf("decoded %+v", got)
+	}
+	if _, err := EncodeJset(&Jset{Seq: 1, LastSeq: 1, Version: 1, Unflushed: true, BootID: BootID{1}}, testMagic); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("an unflushed version 1 jset encodes: %v", err)
+	}
 }

@@ -43,6 +43,8 @@ func Format(dev device.Device, off, size int64) error {
 // rest, the unflushed tail of a boot that ended in a power loss, is dropped as if
 // never written, and erased (zeroed and synced, unless Config.ReadOnly) so that
 // the entries written next, which take the same sequence numbers, never meet it.
+// A newest jset that is unflushed but trusted (a process crashed on this boot) is
+// made flushed before the journal continues from it (promote).
 //
 // The journal continues after the newest jset: the next entry is seq+1 and is
 // written after it in the ring. See Replay for the references replayed entries hold.
@@ -58,6 +60,11 @@ func Open(cfg Config) (*Journal, *Replay, error) {
 	found, dropped := j.dropUntrusted(found)
 	if len(dropped) > 0 && !cfg.ReadOnly {
 		if err := j.erase(dropped); err != nil {
+			return nil, nil, err
+		}
+	}
+	if !cfg.ReadOnly {
+		if err := j.promote(found); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -89,6 +96,44 @@ func (j *Journal) dropUntrusted(found []foundJset) (kept, dropped []foundJset) {
 		}
 	}
 	return kept, dropped
+}
+
+// promote makes the newest jset flushed if it is not (the unflushed tail of a
+// process that crashed on this boot): it syncs the device, which makes that
+// process's writes durable, and rewrites the jset in place without the flag.
+// The journal then continues from a durable state: its last_seq, root and
+// newest seq hold after a power loss too. A torn rewrite loses only that jset,
+// whose entries were never flushed, and nothing the flushed jsets before it
+// need has been overwritten yet.
+func (j *Journal) promote(found []foundJset) error {
+	ni := -1
+	for i, f := range found {
+		if ni < 0 || f.js.Seq > found[ni].js.Seq {
+			ni = i
+		}
+	}
+	if ni < 0 || !found[ni].js.Unflushed {
+		return nil
+	}
+	f := &found[ni]
+	if err := j.cfg.Device.Sync(); err != nil {
+		return errorf(ErrIO, "sync before flushing jset %d: %w", f.js.Seq, err)
+	}
+	js := *f.js
+	js.Unflushed, js.BootID = false, BootID{}
+	buf, err := EncodeJset(&js, j.cfg.SetMagic)
+	if err != nil {
+		return errorf(ErrIO, "encode jset %d: %w", js.Seq, err)
+	}
+	off := j.cfg.Offset + f.pos*BlockSize
+	if _, err := j.cfg.Device.WriteAt(buf, off); err != nil {
+		return errorf(ErrIO, "rewrite jset %d at %d as flushed: %w", js.Seq, off, err)
+	}
+	if err := j.cfg.Device.Sync(); err != nil {
+		return errorf(ErrIO, "sync jset %d: %w", js.Seq, err)
+	}
+	f.js = &js
+	return nil
 }
 
 // erase zeroes the blocks of dropped jsets and syncs.
@@ -133,7 +178,7 @@ func (j *Journal) scan() ([]foundJset, error) {
 			if err != nil {
 				continue // torn, stale or never written
 			}
-			found = append(found, foundJset{pos: first + i, blocks: jsetBlocks(len(js.Keys)), js: js})
+			found = append(found, foundJset{pos: first + i, blocks: js.Blocks(), js: js})
 		}
 	}
 	return found, nil
