@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -29,16 +31,23 @@ type exportConfig struct {
 	volumeSize  string
 	mode        string
 	backing     string
-	seqCutoff   string
-	socket      string
-	tcp         string
-	tcpRemote   bool
-	readOnly    bool
-	policy      string
-	attach      bool
-	connections int
-	deadConn    time.Duration
-	metricsAddr string
+	backingFile string
+	// backingDelay is added to every backing read and write (benchmarks).
+	backingDelay time.Duration
+	seqCutoff    string
+	socket       string
+	tcp          string
+	tcpRemote    bool
+	readOnly     bool
+	policy       string
+	attach       bool
+	connections  int
+	deadConn     time.Duration
+	metricsAddr  string
+	cpuProfile   string
+	// sizeSet is whether -size was given (with -backing-file, the volume's
+	// size defaults to the file's).
+	sizeSet bool
 
 	// ready, if set, is called with the export URI once it is served (tests).
 	ready func(uri string)
@@ -51,9 +60,11 @@ func parseExportFlags(args []string, stderr io.Writer) (exportConfig, error) {
 	fs.StringVar(&c.cacheDevice, "cache-device", "", "cache device: a block device or a file (default <data-dir>/cache.img; a missing file is created sparse with -cache-size and formatted)")
 	fs.StringVar(&c.cacheSize, "cache-size", "1Gi", "size of the cache file created when it does not exist (bytes or a quantity: 1Gi, 500M)")
 	fs.StringVar(&c.volumeName, "volume", "vol0", "name of the volume to serve; created if it does not exist")
-	fs.StringVar(&c.volumeSize, "size", "1Gi", "size of the volume when it is created (an existing volume keeps its size unless this is larger: then it grows)")
+	fs.StringVar(&c.volumeSize, "size", "1Gi", "size of the volume when it is created (an existing volume keeps its size unless this is larger: then it grows); with -backing-file the default is the file's size")
 	fs.StringVar(&c.mode, "mode", "writethrough", "cache mode: writethrough, writeback, writearound or none (applied to an existing volume too)")
 	fs.StringVar(&c.backing, "backing", "file", "backing store of a new volume: file (a sparse file in <data-dir>/backing) or none (cache-only)")
+	fs.StringVar(&c.backingFile, "backing-file", "", "an existing file or block device as the backing store of a new volume (recorded as a blockdev backing; an existing volume must have been created with the same path)")
+	fs.DurationVar(&c.backingDelay, "backing-delay", 0, "benchmarks and tests only: add this latency to every read and write of the backing store (e.g. 1ms, a slow disk)")
 	fs.StringVar(&c.seqCutoff, "sequential-cutoff", "4Mi", "sequential streams longer than this bypass the cache; 0 disables the cutoff")
 	fs.StringVar(&c.socket, "socket", "", "unix socket to serve on (default <data-dir>/<volume>.sock)")
 	fs.StringVar(&c.tcp, "tcp", "", "also serve on this TCP address (host:port, loopback only unless -tcp-allow-remote)")
@@ -61,6 +72,7 @@ func parseExportFlags(args []string, stderr io.Writer) (exportConfig, error) {
 	fs.BoolVar(&c.readOnly, "read-only", false, "export the volume read-only")
 	fs.StringVar(&c.policy, "policy", "lru", "replacement policy of the cache: lru or slru")
 	fs.StringVar(&c.metricsAddr, "metrics-address", "", "serve Prometheus /metrics on this address (e.g. localhost:9810); empty: off")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the time serving to this file (pprof format)")
 	fs.BoolVar(&c.attach, "attach", false, "also attach the export to a kernel device /dev/nbdN over netlink (needs root and the nbd module); detached on exit")
 	fs.IntVar(&c.connections, "connections", nbd.DefaultConnections, "sockets between the kernel device and the server with -attach")
 	fs.DurationVar(&c.deadConn, "dead-conn-timeout", nbd.DefaultDeadConnTimeout, "with -attach: how long the kernel keeps the device waiting for a restarted server")
@@ -70,6 +82,7 @@ func parseExportFlags(args []string, stderr io.Writer) (exportConfig, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	fs.Visit(func(f *flag.Flag) { c.sizeSet = c.sizeSet || f.Name == "size" })
 	if c.cacheDevice == "" {
 		c.cacheDevice = filepath.Join(c.dataDir, "cache.img")
 	}
@@ -117,7 +130,24 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 		return fmt.Errorf("-backing: %w", err)
 	}
 	if backing == engine.BackingBlockDev {
-		return errors.New("-backing: blockdev is not supported by export; use file or none")
+		return errors.New("-backing: blockdev is not supported by export; use file, none or -backing-file PATH")
+	}
+	var backingPath string
+	if c.backingFile != "" {
+		if backing == engine.BackingNone {
+			return errors.New("-backing-file: a cache-only volume (-backing none) has no backing store")
+		}
+		path, size, err := backingFileSize(c.backingFile)
+		if err != nil {
+			return err
+		}
+		backing, backingPath = engine.BackingBlockDev, path
+		if !c.sizeSet {
+			volSize = size
+		}
+	}
+	if c.backingDelay < 0 {
+		return fmt.Errorf("-backing-delay: negative duration %v", c.backingDelay)
 	}
 	cutoff, err := driver.ParseSize(c.seqCutoff)
 	if err != nil {
@@ -130,17 +160,18 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
 		return err
 	}
+	cfg := engine.Config{
+		BackingDir: filepath.Join(c.dataDir, "backing"),
+		Policy:     c.policy,
+		Logf:       func(format string, args ...any) { klog.InfoDepth(1, fmt.Sprintf(format, args...)) },
+	}
+	if c.backingDelay > 0 {
+		cfg.OpenBacking = delayedBackingOpener(c.backingDelay)
+		fmt.Fprintf(stdout, "csi-cache export: -backing-delay: every backing read and write waits %v (a benchmark setting)\n", c.backingDelay)
+	}
 	fmt.Fprintf(stdout, "csi-cache export: opening the cache set %s\n", c.cacheDevice)
 	start := time.Now()
-	cs, err := driver.OpenCacheDevice(driver.CacheDeviceOptions{
-		Path: c.cacheDevice,
-		Size: cacheSize,
-		Config: engine.Config{
-			BackingDir: filepath.Join(c.dataDir, "backing"),
-			Policy:     c.policy,
-			Logf:       func(format string, args ...any) { klog.InfoDepth(1, fmt.Sprintf(format, args...)) },
-		},
-	})
+	cs, err := driver.OpenCacheDevice(driver.CacheDeviceOptions{Path: c.cacheDevice, Size: cacheSize, Config: cfg})
 	if err != nil {
 		return err
 	}
@@ -158,16 +189,20 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 	switch {
 	case errors.Is(err, engine.ErrNoVolume):
 		v, err = cs.CreateVolume(engine.VolumeSpec{
-			Name: c.volumeName, Size: uint64(volSize), Mode: mode, Backing: backing, SeqCutoff: seqCutoff,
+			Name: c.volumeName, Size: uint64(volSize), Mode: mode, Backing: backing, BackingPath: backingPath,
+			SeqCutoff: seqCutoff,
 		})
 		if err != nil {
 			return fmt.Errorf("create volume %q: %w", c.volumeName, err)
 		}
-		fmt.Fprintf(stdout, "csi-cache export: created volume %q (%d bytes, %s, backing %s)\n", c.volumeName, volSize, mode, backing)
+		fmt.Fprintf(stdout, "csi-cache export: created volume %q (%d bytes, %s, backing %s)\n", c.volumeName, volSize, mode, describeBacking(v.Info()))
 	case err != nil:
 		return err
 	default:
 		info := v.Info()
+		if backingPath != "" && (info.Backing != engine.BackingBlockDev || info.BackingPath != backingPath) {
+			return fmt.Errorf("-backing-file: volume %q exists with backing %s, not %s", c.volumeName, describeBacking(info), backingPath)
+		}
 		if uint64(volSize) > info.Size {
 			if err := v.Resize(uint64(volSize)); err != nil {
 				return fmt.Errorf("grow volume %q: %w", c.volumeName, err)
@@ -182,7 +217,7 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 		}
 		info = v.Info()
 		fmt.Fprintf(stdout, "csi-cache export: opened volume %q (%d bytes, %s, backing %s, %d bytes dirty)\n",
-			c.volumeName, info.Size, info.Mode, info.Backing, info.Stats.DirtyBytes)
+			c.volumeName, info.Size, info.Mode, describeBacking(info), info.Stats.DirtyBytes)
 	}
 	if err := v.Health(); err != nil {
 		return fmt.Errorf("volume %q is not healthy: %w", c.volumeName, err)
@@ -208,6 +243,13 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 		}()
 		defer ms.Shutdown(context.Background())
 		fmt.Fprintf(stdout, "csi-cache export: metrics on http://%s/metrics\n", ms.Addr())
+	}
+	if c.cpuProfile != "" {
+		stopProfile, err := startCPUProfile(c.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
 	}
 	var listeners []net.Listener
 	ul, err := nbd.ListenUnix(c.socket)
@@ -272,4 +314,23 @@ func export(ctx context.Context, c exportConfig, stdout io.Writer) (err error) {
 	fmt.Fprintf(stdout, "csi-cache export: volume %q: %d reads, %d writes, hit ratio %.2f, %d bytes dirty\n",
 		c.volumeName, s.ReadOps, s.WriteOps, s.HitRatio(), s.DirtyBytes)
 	return nil
+}
+
+// startCPUProfile writes a CPU profile to path until the returned function is
+// called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			klog.ErrorS(err, "Writing the CPU profile", "path", path)
+		}
+	}, nil
 }

@@ -1,9 +1,10 @@
 // Command nbdserve serves one image file over NBD on a unix socket with
-// pkg/nbd's FileBackend. It is the csi-cache side of bench/nbd-compare.sh
-// until `csi-cache export` can serve an engine volume: the file is opened
-// without O_DIRECT, so once its pages are in the page cache it stands in for
-// a fully cached volume, and -delay adds a fixed latency to every read and
-// write, standing in for a cold cache over a slow backing store.
+// pkg/nbd's FileBackend: the NBD layer without the engine, which
+// bench/nbd-compare.sh measures with CSI_CACHE_STANDIN=1 (by default it serves
+// through `csi-cache export`). The file is opened without O_DIRECT, so once its
+// pages are in the page cache it stands in for a fully cached volume, and
+// -delay adds a fixed latency to every read and write, standing in for a cold
+// cache over a slow backing store.
 //
 //	nbdserve -image disk.img -socket /tmp/nbd.sock [-export name] [-delay 1ms]
 //
