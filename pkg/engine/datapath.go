@@ -220,7 +220,7 @@ func (v *Volume) readCached(p []byte, start, end uint64, bypass bool) error {
 				}
 				continue
 			}
-			v.fill(buf, g.start, seq)
+			v.fill(buf, g.start, start, end, seq)
 		}
 		return nil
 	}

@@ -24,7 +24,11 @@ type fillReq struct {
 	v     *Volume
 	start uint64 // first sector
 	buf   []byte // from getAligned; len(buf) bytes to fill
-	seq   uint64
+	// seq is the stripes' sequence sum over [seqStart, seqEnd), the range of
+	// the read that missed (it includes this fill), taken before its lookup.
+	// Sums only grow: an equal sum later means no write touched the range.
+	seq              uint64
+	seqStart, seqEnd uint64
 }
 
 const (
@@ -64,8 +68,9 @@ func putAligned(b []byte) {
 var promoteSeed = maphash.MakeSeed()
 
 // fill queues a copy of p (sectors from start, read from the backing store after
-// the stripes had sequence sum seq) to be inserted into the cache.
-func (v *Volume) fill(p []byte, start uint64, seq uint64) {
+// the stripes of the read's range [readStart, readEnd) had sequence sum seq) to
+// be inserted into the cache.
+func (v *Volume) fill(p []byte, start, readStart, readEnd, seq uint64) {
 	c := v.c
 	// The policy decides per 64 KiB region whether a miss is worth caching.
 	var h maphash.Hash
@@ -83,7 +88,7 @@ func (v *Volume) fill(p []byte, start uint64, seq uint64) {
 		buf := getAligned(n)
 		copy(buf, p[:n])
 		select {
-		case c.fills <- fillReq{v: v, start: start, buf: buf, seq: seq}:
+		case c.fills <- fillReq{v: v, start: start, buf: buf, seq: seq, seqStart: readStart, seqEnd: readEnd}:
 		default:
 			putAligned(buf)
 			c.stats.fillsDropped.Add(1)
@@ -188,7 +193,7 @@ func (f *fillBatch) chunk(v *Volume, todo []*fillReq) (int, bool) {
 			break
 		}
 		taken++
-		if v.stripes.seqSum(r.start, r.start+uint64(len(r.buf))/sectorSize) != r.seq {
+		if v.stripes.seqSum(r.seqStart, r.seqEnd) != r.seq {
 			c.stats.fillRaces.Add(1)
 			continue
 		}
@@ -263,7 +268,7 @@ func (f *fillBatch) insert(v *Volume, r *fillReq, keys []bkey.Key) bool {
 	end := r.start + uint64(len(r.buf))/sectorSize
 	locked := v.stripes.lockQuiet(r.start, end)
 	defer v.stripes.unlockQuiet(locked)
-	if v.stripes.seqSum(r.start, end) != r.seq || end*sectorSize > v.size.Load() {
+	if v.stripes.seqSum(r.seqStart, r.seqEnd) != r.seq || end*sectorSize > v.size.Load() {
 		c.stats.fillRaces.Add(1)
 		return true
 	}
