@@ -1,9 +1,6 @@
 package engine
 
 import (
-	"compress/gzip"
-	"io"
-	"os"
 	"testing"
 
 	"github.com/csi-cache/csi-cache/pkg/engine/device"
@@ -16,23 +13,7 @@ import (
 func TestOpenJsetV1(t *testing.T) {
 	for _, name := range []string{"jset-v1", "jset-v1-inuse"} {
 		t.Run(name, func(t *testing.T) {
-			f, err := os.Open("testdata/compat/" + name + ".img.gz")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			zr, err := gzip.NewReader(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			data, err := io.ReadAll(zr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			img := device.NewMem(int64(len(data)))
-			if _, err := img.WriteAt(data, 0); err != nil {
-				t.Fatal(err)
-			}
+			img := loadImage(t, "testdata/compat/"+name+".img.gz")
 			cfg := fixtureConfig()
 			cfg.OpenBacking = func(_ BackingKind, _ string, size int64, _ bool) (device.Device, error) {
 				return device.NewMem(size), nil

@@ -26,13 +26,7 @@ func TestDataCrash(t *testing.T) {
 	if s := os.Getenv("CRASHPOINTS"); s != "" {
 		points, _ = strconv.Atoi(s)
 	} // per configuration; 5 configurations
-	for _, tc := range []struct {
-		mode    CacheMode
-		backing BackingKind
-	}{
-		{Writethrough, BackingFile}, {Writeback, BackingFile}, {Writearound, BackingFile},
-		{NoCache, BackingFile}, {Writeback, BackingNone},
-	} {
+	for _, tc := range dataCrashConfigs {
 		t.Run(tc.mode.String()+"-"+tc.backing.String(), func(t *testing.T) {
 			t.Parallel()
 			var crashed, ios int
@@ -52,18 +46,21 @@ func TestDataCrash(t *testing.T) {
 	}
 }
 
+// dataCrashConfigs are the cache modes and backing kinds the crash tests run.
+var dataCrashConfigs = []struct {
+	mode    CacheMode
+	backing BackingKind
+}{
+	{Writethrough, BackingFile}, {Writeback, BackingFile}, {Writearound, BackingFile},
+	{NoCache, BackingFile}, {Writeback, BackingNone},
+}
+
 // TestDataProcessCrash is TestDataCrash for a crash of the process (kill -9 of
 // the plugin, which the kernel's mounted NBD device outlives): on the same boot
 // every acknowledged write is found, flushed or not.
 func TestDataProcessCrash(t *testing.T) {
 	points := 100 * stressScale()
-	for _, tc := range []struct {
-		mode    CacheMode
-		backing BackingKind
-	}{
-		{Writethrough, BackingFile}, {Writeback, BackingFile}, {Writearound, BackingFile},
-		{NoCache, BackingFile}, {Writeback, BackingNone},
-	} {
+	for _, tc := range dataCrashConfigs {
 		t.Run(tc.mode.String()+"-"+tc.backing.String(), func(t *testing.T) {
 			t.Parallel()
 			var crashed int

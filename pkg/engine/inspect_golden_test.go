@@ -436,7 +436,12 @@ func (g *golden) corruptKey(c goldenCase, in *inspector, nodes []inspectedNode) 
 
 // loadFixture reads testdata/inspect/NAME.img.gz.
 func loadFixture(t testing.TB, name string) *device.Mem {
-	f, err := os.Open(filepath.Join(fixtureDir, name+".img.gz"))
+	return loadImage(t, filepath.Join(fixtureDir, name+".img.gz"))
+}
+
+// loadImage reads a gzipped device image into memory.
+func loadImage(t testing.TB, path string) *device.Mem {
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
