@@ -115,7 +115,8 @@ func New(cfg Config) (*Driver, error) {
 	return d, nil
 }
 
-// Serve serves the CSI services on l until Stop. It returns nil after Stop.
+// Serve serves the CSI services on l until Stop. It returns nil after Stop,
+// also when Stop came first (l is closed then).
 func (d *Driver) Serve(l net.Listener) error {
 	chain := append(append([]grpc.UnaryServerInterceptor(nil), d.cfg.UnaryInterceptors...), d.intercept)
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
@@ -124,8 +125,11 @@ func (d *Driver) Serve(l net.Listener) error {
 	csi.RegisterNodeServer(srv, d)
 	d.mu.Lock()
 	if d.stopped {
+		// Stopped before serving began (a signal right after start): that is
+		// a shutdown, not an error.
 		d.mu.Unlock()
-		return errors.New("driver: stopped")
+		l.Close()
+		return nil
 	}
 	d.srv = srv
 	d.mu.Unlock()
