@@ -40,21 +40,19 @@ func backingFileSize(path string) (string, int64, error) {
 }
 
 // delayedBackingOpener opens backing stores as the engine does by default
-// (buffered IO; a new file-backed volume's file created sparse) and adds delay
-// to every read and write (and discard) of them, like nbdkit's delay filter
-// with rdelay and wdelay: a slow backing store for benchmarks.
+// (engine.OpenBackingFile) and adds delay to every read and write (and discard)
+// of them, like nbdkit's delay filter with rdelay and wdelay: a slow backing
+// store for benchmarks.
 func delayedBackingOpener(delay time.Duration) func(engine.BackingKind, string, int64, bool) (device.Device, error) {
 	return func(kind engine.BackingKind, path string, size int64, create bool) (device.Device, error) {
-		var opts device.FileOptions
-		if kind == engine.BackingFile && create {
-			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-				return nil, err
-			}
-			opts.Create, opts.Size = true, size
-		}
-		f, err := device.OpenFile(path, opts)
+		d, err := engine.OpenBackingFile(kind, path, size, create)
 		if err != nil {
 			return nil, err
+		}
+		f, ok := d.(*device.File)
+		if !ok {
+			d.Close()
+			return nil, fmt.Errorf("backing store %s: not a file", path)
 		}
 		return &delayedBacking{Delay: device.NewDelay(f, device.DelayOptions{Read: delay, Write: delay}), f: f}, nil
 	}

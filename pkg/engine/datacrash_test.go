@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -123,6 +122,63 @@ func (m *sectorModel) flushed() {
 	}
 }
 
+// violation returns the first sector of got (the whole volume) that holds
+// neither its durable content nor a write issued since.
+func (m *sectorModel) violation(got []byte) (int, bool) {
+	for i := range m.durable {
+		if !m.allowed(i, got[i*512:(i+1)*512]) {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// opMix sets the odds of randomOp, in percent: writes below write, trims
+// below trim, zeroings below zero, flushes below flush, reads the rest; 1 in
+// writeFUA writes and 1 in zeroFUA zeroings are FUA.
+type opMix struct {
+	write, trim, zero, flush int
+	writeFUA, zeroFUA        int
+}
+
+// dataCrashMix is TestDataCrash's workload.
+var dataCrashMix = opMix{write: 50, trim: 60, zero: 68, flush: 80, writeFUA: 5, zeroFUA: 2}
+
+// randomOp runs one random IO of up to 16 sectors on v and records it in m:
+// issued, and durable once a FUA write or a flush returned.
+func (m *sectorModel) randomOp(rng *rand.Rand, v *Volume, mix opMix) error {
+	s := rng.IntN(len(m.durable) - 16)
+	n := 1 + rng.IntN(16)
+	var err error
+	switch r := rng.IntN(100); {
+	case r < mix.write:
+		data := randBytes(rng, n*512)
+		fua := rng.IntN(mix.writeFUA) == 0
+		m.issue(s, data)
+		if err = v.WriteAt(data, int64(s)*512, fua); err == nil && fua {
+			m.durableAt(s, data)
+		}
+	case r < mix.trim:
+		z := make([]byte, n*512)
+		m.issue(s, z)
+		err = v.Trim(int64(s)*512, int64(n)*512)
+	case r < mix.zero:
+		z := make([]byte, n*512)
+		fua := rng.IntN(mix.zeroFUA) == 0
+		m.issue(s, z)
+		if err = v.WriteZeroes(int64(s)*512, int64(n)*512, fua); err == nil && fua {
+			m.durableAt(s, z)
+		}
+	case r < mix.flush:
+		if err = v.Flush(); err == nil {
+			m.flushed()
+		}
+	default:
+		err = v.ReadAt(make([]byte, n*512), int64(s)*512) // fills write to the cache
+	}
+	return err
+}
+
 func (m *sectorModel) allowed(i int, got []byte) bool {
 	if bytes.Equal(got, m.durable[i]) {
 		return true
@@ -201,12 +257,7 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	crashMode := device.CrashMode(rng.IntN(3))
 	when := func(uint64, device.Op, int64, int64) bool { return count.Add(1) >= k }
 	if process {
-		die := func(device.Op, int64, int64) error {
-			if count.Add(1) >= k {
-				return syscall.EIO
-			}
-			return nil
-		}
+		die := dieAt(&count, k)
 		cacheFault.SetInjector(die)
 		backFault.SetInjector(die)
 	} else {
@@ -216,36 +267,7 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 
 	m := newSectorModel(sectors)
 	for op := 0; op < 60; op++ {
-		s := rng.IntN(sectors - 16)
-		n := 1 + rng.IntN(16)
-		var err error
-		switch r := rng.IntN(100); {
-		case r < 50:
-			data := randBytes(rng, n*512)
-			fua := rng.IntN(5) == 0
-			m.issue(s, data)
-			if err = v.WriteAt(data, int64(s)*512, fua); err == nil && fua {
-				m.durableAt(s, data)
-			}
-		case r < 60:
-			z := make([]byte, n*512)
-			m.issue(s, z)
-			err = v.Trim(int64(s)*512, int64(n)*512)
-		case r < 68:
-			z := make([]byte, n*512)
-			fua := rng.IntN(2) == 0
-			m.issue(s, z)
-			if err = v.WriteZeroes(int64(s)*512, int64(n)*512, fua); err == nil && fua {
-				m.durableAt(s, z)
-			}
-		case r < 80:
-			if err = v.Flush(); err == nil {
-				m.flushed()
-			}
-		default:
-			err = v.ReadAt(make([]byte, n*512), int64(s)*512) // fills write to the cache
-		}
-		if err != nil {
+		if err := m.randomOp(rng, v, dataCrashMix); err != nil {
 			break
 		}
 		if process {
@@ -285,15 +307,13 @@ func dataCrashRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64
 	if err := v2.ReadAt(got, 0); err != nil {
 		t.Fatalf("seed %d: read after the crash: %v", seed, err)
 	}
-	for i := range sectors {
-		if !m.allowed(i, got[i*512:(i+1)*512]) {
-			how := crashMode.String()
-			if process {
-				how = "process crash"
-			}
-			return ios, hit, fmt.Errorf("seed %d (crash at IO %d, %s, mode %s): sector %d holds neither its durable content nor a write issued since: %s",
-				seed, k, how, mode, i, describe(got[i*512:(i+1)*512]))
+	if i, bad := m.violation(got); bad {
+		how := crashMode.String()
+		if process {
+			how = "process crash"
 		}
+		return ios, hit, fmt.Errorf("seed %d (crash at IO %d, %s, mode %s): sector %d holds neither its durable content nor a write issued since: %s",
+			seed, k, how, mode, i, describe(got[i*512:(i+1)*512]))
 	}
 	return ios, hit, nil
 }

@@ -413,10 +413,8 @@ func (v *Volume) invalidateCached(start, end uint64) (uint64, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	if anyDirty(keys) && !v.c.skipHiddenDirtySync() {
-		if err := v.syncBacking(); err != nil {
-			return 0, err
-		}
+	if err := v.syncBeforeHiding(keys); err != nil {
+		return 0, err
 	}
 	seq, err := v.c.insertKeys([]bkey.Key{{Vol: v.id, Start: start, Len: uint32(end - start), Flags: bkey.FlagWhiteout}})
 	if err != nil {
@@ -425,14 +423,18 @@ func (v *Volume) invalidateCached(start, end uint64) (uint64, error) {
 	return seq, nil
 }
 
-// anyDirty reports whether any of keys holds dirty data.
-func anyDirty(keys []bkey.Key) bool {
+// syncBeforeHiding syncs the backing store if any of keys, which a new key is
+// about to hide, holds dirty data.
+func (v *Volume) syncBeforeHiding(keys []bkey.Key) error {
+	if v.c.skipHiddenDirtySync() {
+		return nil
+	}
 	for _, k := range keys {
-		if k.Flags&bkey.FlagDirty != 0 {
-			return true
+		if k.Dirty() {
+			return v.syncBacking()
 		}
 	}
-	return false
+	return nil
 }
 
 // syncIfHidesDirty syncs the backing store if [start, end) holds dirty cached
@@ -445,10 +447,7 @@ func (v *Volume) syncIfHidesDirty(start, end uint64) error {
 	if err != nil {
 		return fmt.Errorf("%w: btree lookup: %v", ErrIO, err)
 	}
-	if anyDirty(keys) && !v.c.skipHiddenDirtySync() {
-		return v.syncBacking()
-	}
-	return nil
+	return v.syncBeforeHiding(keys)
 }
 
 // writeCache appends p to a write point and journals and inserts its keys.

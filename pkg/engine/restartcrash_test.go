@@ -24,6 +24,17 @@ type keepOpen struct{ *device.Crash }
 
 func (keepOpen) Close() error { return nil }
 
+// dieAt fails every IO from the k-th on (counted in count, which the devices
+// of one process share): the process dies there.
+func dieAt(count *atomic.Int64, k int64) device.Injector {
+	return func(device.Op, int64, int64) error {
+		if count.Add(1) >= k {
+			return syscall.EIO
+		}
+		return nil
+	}
+}
+
 // dieNow fails every IO: the process is dead (Sync included).
 func dieNow(device.Op, int64, int64) error { return syscall.EIO }
 
@@ -211,31 +222,12 @@ func restartRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64) 
 		t.Fatal(err)
 	}
 	m := newSectorModel(sectors)
+	// No zeroings (zero == trim), fewer flushes than TestDataCrash: more
+	// unflushed writes for the kill and the power loss to find.
+	mix := opMix{write: 60, trim: 68, zero: 68, flush: 72, writeFUA: 8}
 	workload := func(v *Volume, ops int) {
 		for op := 0; op < ops; op++ {
-			s := rng.IntN(sectors - 16)
-			n := 1 + rng.IntN(16)
-			var err error
-			switch r := rng.IntN(100); {
-			case r < 60:
-				data := randBytes(rng, n*512)
-				fua := rng.IntN(8) == 0
-				m.issue(s, data)
-				if err = v.WriteAt(data, int64(s)*512, fua); err == nil && fua {
-					m.durableAt(s, data)
-				}
-			case r < 68:
-				z := make([]byte, n*512)
-				m.issue(s, z)
-				err = v.Trim(int64(s)*512, int64(n)*512)
-			case r < 72:
-				if err = v.Flush(); err == nil {
-					m.flushed()
-				}
-			default:
-				err = v.ReadAt(make([]byte, n*512), int64(s)*512)
-			}
-			if err != nil {
+			if err := m.randomOp(rng, v, mix); err != nil {
 				return
 			}
 		}
@@ -243,12 +235,7 @@ func restartRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64) 
 	// Process 1 dies at IO k1.
 	var count atomic.Int64
 	k1 := int64(1 + rng.IntN(80))
-	die := func(device.Op, int64, int64) error {
-		if count.Add(1) >= k1 {
-			return syscall.EIO
-		}
-		return nil
-	}
+	die := dieAt(&count, k1)
 	cacheFault.SetInjector(die)
 	backFault.SetInjector(die)
 	workload(v, 60)
@@ -318,11 +305,9 @@ func restartRun(t *testing.T, mode CacheMode, backing BackingKind, seed uint64) 
 	if err := v3.ReadAt(got, 0); err != nil {
 		return fmt.Errorf("seed %d: read: %v", seed, err)
 	}
-	for i := range sectors {
-		if !m.allowed(i, got[i*512:(i+1)*512]) {
-			return fmt.Errorf("seed %d (kill at IO %d, power loss at IO %d, %s, mode %s): sector %d holds neither its durable content nor a write issued since: %s",
-				seed, k1, k2, crashMode, mode, i, describe(got[i*512:(i+1)*512]))
-		}
+	if i, bad := m.violation(got); bad {
+		return fmt.Errorf("seed %d (kill at IO %d, power loss at IO %d, %s, mode %s): sector %d holds neither its durable content nor a write issued since: %s",
+			seed, k1, k2, crashMode, mode, i, describe(got[i*512:(i+1)*512]))
 	}
 	return nil
 }

@@ -311,6 +311,14 @@ func (c *CacheSet) openBacking(kind BackingKind, path string, size int64, create
 	if c.cfg.OpenBacking != nil {
 		return c.cfg.OpenBacking(kind, path, size, create)
 	}
+	return OpenBackingFile(kind, path, size, create)
+}
+
+// OpenBackingFile opens a backing store as the engine does by default: the file
+// or block device at path with buffered IO; a new BackingFile volume's file is
+// created sparse with size bytes (its directory too). Config.OpenBacking
+// replacements can wrap it.
+func OpenBackingFile(kind BackingKind, path string, size int64, create bool) (device.Device, error) {
 	opts := device.FileOptions{Direct: false}
 	if kind == BackingFile && create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

@@ -21,6 +21,17 @@ var (
 	bootB = BootID{0xb, 15: 2}
 )
 
+// bootAConfig is a journal on dev written on boot bootA, without the delay
+// timer, on a fake clock.
+func bootAConfig(dev *memDev) (Config, *fakeClock) {
+	cfg := testConfig(dev)
+	cfg.BootID = bootA
+	cfg.Delay = -1
+	clk := newFakeClock()
+	cfg.Clock = clk
+	return cfg, clk
+}
+
 func replayedSeqs(rp *Replay) []uint64 {
 	var seqs []uint64
 	for _, e := range rp.Entries {
@@ -48,11 +59,7 @@ func sameSeqs(a, b []uint64) bool {
 // unless a later flushed jset made them durable, and Commit makes them durable.
 func TestUnflushed(t *testing.T) {
 	dev := newMemDev(64 * BlockSize)
-	cfg := testConfig(dev)
-	cfg.BootID = bootA
-	cfg.Delay = -1
-	clk := newFakeClock()
-	cfg.Clock = clk
+	cfg, clk := bootAConfig(dev)
 	j, _ := openJournal(t, cfg)
 
 	// The references Add takes are kept: the keys are in no written btree
@@ -165,11 +172,7 @@ func TestUnflushed(t *testing.T) {
 // jset goes out at least every MaxUnflushed.
 func TestUnflushedAge(t *testing.T) {
 	dev := newMemDev(256 * BlockSize)
-	cfg := testConfig(dev)
-	cfg.BootID = bootA
-	cfg.Delay = -1
-	clk := newFakeClock()
-	cfg.Clock = clk
+	cfg, clk := bootAConfig(dev)
 	j, _ := openJournal(t, cfg)
 	for i := range 40 {
 		seq, err := j.Add(testKeys(1, uint64(i)*8, 1))
@@ -195,10 +198,7 @@ func TestUnflushedAge(t *testing.T) {
 // past the newest flushed jset instead of calling the gap a corruption.
 func TestUnflushedTornTail(t *testing.T) {
 	dev := newMemDev(64 * BlockSize)
-	cfg := testConfig(dev)
-	cfg.BootID = bootA
-	cfg.Delay = -1
-	cfg.Clock = newFakeClock()
+	cfg, _ := bootAConfig(dev)
 	j, _ := openJournal(t, cfg)
 	var seqs []uint64
 	for i := range 4 {
@@ -247,10 +247,7 @@ func (j *Journal) entryLockedForTest(seq uint64) int64 {
 // (Found in review.)
 func TestUnflushedRestartThenPowerLoss(t *testing.T) {
 	dev := newMemDev(16 * BlockSize)
-	cfg := testConfig(dev)
-	cfg.BootID = bootA
-	cfg.Delay = -1
-	cfg.Clock = newFakeClock()
+	cfg, _ := bootAConfig(dev)
 	j, _ := openJournal(t, cfg)
 	var pinned []uint64
 	for i := range 3 { // flushed jsets 1..3, all with last_seq 1
@@ -276,10 +273,7 @@ func TestUnflushedRestartThenPowerLoss(t *testing.T) {
 	}
 	// kill -9; restart on the same boot.
 	dev2 := dev.processCrash()
-	cfg2 := testConfig(dev2)
-	cfg2.BootID = bootA
-	cfg2.Delay = -1
-	cfg2.Clock = newFakeClock()
+	cfg2, _ := bootAConfig(dev2)
 	j2, rp, err := Open(cfg2)
 	if err != nil {
 		t.Fatal(err)
